@@ -1,0 +1,33 @@
+# One command each: `make run` (the app on the default model) and `make test` (all tests).
+# Both create .venv and install everything on a fresh clone. CPU torch comes from torch==2.13.0.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.qtui-installed
+
+.PHONY: run test lint format bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24.1"
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/qtui
+
+test: $(STAMP)
+	$(BIN)/ruff check engine qtui tests bench
+	$(BIN)/ruff format --check engine qtui tests bench
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix engine qtui tests bench
+	$(BIN)/ruff format engine qtui tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/decode.py
+
+clean-venv:
+	rm -rf $(VENV)

