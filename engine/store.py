@@ -72,8 +72,7 @@ def _state_to_save(model: nn.Module, fmt: FormatSpec) -> tuple[dict[str, torch.T
         seen[t.data_ptr()] = key
         out = t.detach().to(base_dtype) if t.is_floating_point() else t.detach()
         tensors[key] = out.contiguous().cpu()
-        described[key] = {"format": "bf16" if base_dtype == torch.bfloat16 else "f16",
-                          "shape": list(t.shape)}
+        described[key] = {"format": "bf16" if base_dtype == torch.bfloat16 else "f16", "shape": list(t.shape)}
     return tensors, {"tensors": described, "tied": tied}
 
 
@@ -153,8 +152,13 @@ def _manifest(model, fmt, method, source, report, described, hashes, folder: Pat
         "source": source,
         "model_type": model.config.model_type,
         "format": {
-            "name": fmt.name, "family": fmt.family, "bits": fmt.bits, "group_size": fmt.group_size,
-            "symmetric": fmt.symmetric, "grid": fmt.grid, "description": fmt.description,
+            "name": fmt.name,
+            "family": fmt.family,
+            "bits": fmt.bits,
+            "group_size": fmt.group_size,
+            "symmetric": fmt.symmetric,
+            "grid": fmt.grid,
+            "description": fmt.description,
         },
         "method": {"name": method, "params": report.params if report else {}},
         "options": {
@@ -219,7 +223,9 @@ def verify_files(folder: Path, manifest: dict) -> None:
         if not p.exists():
             raise StoreError(f"{p} is missing; the variant is incomplete")
         if p.stat().st_size != info["bytes"]:
-            raise StoreError(f"{p} is {p.stat().st_size} bytes, manifest says {info['bytes']}: truncated or modified")
+            raise StoreError(
+                f"{p} is {p.stat().st_size} bytes, manifest says {info['bytes']}: truncated or modified"
+            )
 
 
 def load_tensors(folder: Path, manifest: dict, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -241,10 +247,16 @@ def load_tensors(folder: Path, manifest: dict, verify: bool = True) -> dict[str,
     return tensors
 
 
-def quantized_weight(tensors: dict[str, torch.Tensor], name: str, fmt: FormatSpec,
-                     shape: list[int]) -> QuantizedWeight:
-    return QuantizedWeight(fmt, (shape[0], shape[1]), tensors[f"{name}.qweight"],
-                           tensors[f"{name}.scales"], tensors.get(f"{name}.qzeros"))
+def quantized_weight(
+    tensors: dict[str, torch.Tensor], name: str, fmt: FormatSpec, shape: list[int]
+) -> QuantizedWeight:
+    return QuantizedWeight(
+        fmt,
+        (shape[0], shape[1]),
+        tensors[f"{name}.qweight"],
+        tensors[f"{name}.scales"],
+        tensors.get(f"{name}.qzeros"),
+    )
 
 
 def build_model(folder: Path, manifest: dict, tensors: dict[str, torch.Tensor]) -> nn.Module:
@@ -274,7 +286,9 @@ def build_model(folder: Path, manifest: dict, tensors: dict[str, torch.Tensor]) 
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k not in manifest.get("tied", {})]
     if missing or unexpected:
-        raise StoreError(f"{folder}: tensors do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise StoreError(
+            f"{folder}: tensors do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if manifest.get("tied"):
         model.tie_weights()
     return model.eval()

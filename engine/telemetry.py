@@ -43,7 +43,7 @@ class PeakSampler:
             self.peak_rss = max(self.peak_rss, proc.memory_info().rss)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.peak_rss = rss_bytes()
         if self.cuda:
             import torch

@@ -38,7 +38,9 @@ class Spec:
     def display(self) -> str:
         if self.folder is not None and self.source is None:
             return self.folder.name
-        return self.fmt.name if self.fmt and not self.fmt.is_float else (self.fmt.name if self.fmt else "bf16")
+        return (
+            self.fmt.name if self.fmt and not self.fmt.is_float else (self.fmt.name if self.fmt else "bf16")
+        )
 
 
 def parse_spec(text: str, method: str = "rtn") -> Spec:
@@ -67,7 +69,11 @@ def quantize_and_save(
     overwrite: bool = False,
 ) -> tuple[Path, QuantReport | None]:
     """Quantize ``source`` into ``fmt`` with ``method`` and save it; returns the variant folder."""
-    loaded = source if isinstance(source, sources.LoadedSource) else sources.load(source, progress=progress, cancel=cancel)
+    loaded = (
+        source
+        if isinstance(source, sources.LoadedSource)
+        else sources.load(source, progress=progress, cancel=cancel)
+    )
     meth = get_method(method)
     dest = Path(out) if out else variant_dir(loaded.source, fmt, meth.name)
     # work on a copy so the caller's float model stays usable (cheap for the sizes qtui targets)
@@ -81,10 +87,15 @@ def quantize_and_save(
         report = quantize_model(model, fmt, meth, params, options, progress, cancel)
     if cancel is not None and cancel.is_set():
         raise Cancelled("quantization cancelled; nothing was saved")
-    info = {"id": loaded.source.ref, "kind": loaded.source.kind, "label": loaded.source.label,
-            "hash": loaded.content_hash}
-    saved = store.save_variant(model, loaded.tokenizer, dest, fmt, meth.name, info, report,
-                               progress, cancel, overwrite=overwrite)
+    info = {
+        "id": loaded.source.ref,
+        "kind": loaded.source.kind,
+        "label": loaded.source.label,
+        "hash": loaded.content_hash,
+    }
+    saved = store.save_variant(
+        model, loaded.tokenizer, dest, fmt, meth.name, info, report, progress, cancel, overwrite=overwrite
+    )
     return saved.path, report
 
 

@@ -30,7 +30,7 @@ from engine.quant import primitives as P
 class QuantizedWeight:
     """A quantized 2-D weight as it is stored: packed codes, f16 scales, optional int zeros."""
 
-    fmt: "FormatSpec"
+    fmt: FormatSpec
     shape: tuple[int, int]  # (out_features, in_features) of the real weight
     qweight: torch.Tensor  # uint8 [out, padded_in * bits / 8]
     scales: torch.Tensor  # float16 [out, n_groups]
@@ -158,9 +158,7 @@ class FormatSpec:
             return P.masked_absmean(groups, mask), None
         raise FormatError(f"{self.name}: unknown grid {self.grid}")
 
-    def encode(
-        self, groups: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None
-    ) -> torch.Tensor:
+    def encode(self, groups: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> torch.Tensor:
         """Nearest code for each weight given per-group scales ``[out, g, 1]`` (and zeros)."""
         qmax = self.levels - 1
         if self.grid == "sign":
@@ -193,14 +191,27 @@ def _int8(group: int | None, symmetric: bool) -> FormatSpec:
         raise FormatError("int8 is symmetric per output channel (zero must stay exactly 0)")
     if group is not None:
         raise FormatError("int8 is per output channel; it takes no group size")
-    return FormatSpec("int8", "int8", 8, None, True, "symint", zero_const=128.0,
-                      description="int8 per output channel, symmetric")
+    return FormatSpec(
+        "int8",
+        "int8",
+        8,
+        None,
+        True,
+        "symint",
+        zero_const=128.0,
+        description="int8 per output channel, symmetric",
+    )
 
 
 def _int4(group: int | None, symmetric: bool) -> FormatSpec:
     suffix = "-sym" if symmetric else ""
     return FormatSpec(
-        f"int4-g{group}{suffix}", "int4", 4, group, symmetric, "symint" if symmetric else "affine",
+        f"int4-g{group}{suffix}",
+        "int4",
+        4,
+        group,
+        symmetric,
+        "symint" if symmetric else "affine",
         zero_const=8.0,
         description=f"int4, groups of {group}, {'symmetric' if symmetric else 'asymmetric (int zero)'}",
     )
@@ -209,18 +220,40 @@ def _int4(group: int | None, symmetric: bool) -> FormatSpec:
 def _int2(group: int | None, symmetric: bool) -> FormatSpec:
     if symmetric:
         return FormatSpec(
-            f"int2-g{group}", "int2", 2, group, True, "halfstep", zero_const=1.5,
+            f"int2-g{group}",
+            "int2",
+            2,
+            group,
+            True,
+            "halfstep",
+            zero_const=1.5,
             description=f"int2, groups of {group}, grid {{-1.5,-0.5,+0.5,+1.5}}*scale",
         )
-    return FormatSpec(f"int2-g{group}-asym", "int2", 2, group, False, "affine",
-                      description=f"int2, groups of {group}, asymmetric min/max")
+    return FormatSpec(
+        f"int2-g{group}-asym",
+        "int2",
+        2,
+        group,
+        False,
+        "affine",
+        description=f"int2, groups of {group}, asymmetric min/max",
+    )
 
 
 def _q1(group: int | None, symmetric: bool) -> FormatSpec:
     if group != 128:
         raise FormatError("q1_0 is defined with groups of 128")
-    return FormatSpec("q1_0_g128", "q1", 1, 128, True, "sign", mult=2, zero_const=1.0,
-                      description="1-bit sign + one f16 scale (mean |w|) per 128 weights")
+    return FormatSpec(
+        "q1_0_g128",
+        "q1",
+        1,
+        128,
+        True,
+        "sign",
+        mult=2,
+        zero_const=1.0,
+        description="1-bit sign + one f16 scale (mean |w|) per 128 weights",
+    )
 
 
 KERNEL_GROUPS = (32, 64, 128, 256)
@@ -238,8 +271,16 @@ register(FormatFamily("int4", 4, 64, KERNEL_GROUPS, False, _int4, "int4 group-wi
 register(FormatFamily("int2", 2, 64, KERNEL_GROUPS, True, _int2, "int2 group-wise"))
 register(FormatFamily("q1", 1, 128, (128,), True, _q1, "1-bit sign with mean-|w| scale"))
 
-_ALIASES = {"fp16": "f16", "float16": "f16", "bfloat16": "bf16", "1bit": "q1", "1-bit": "q1",
-            "q1_0": "q1", "q1_0_g128": "q1", "int1": "q1"}
+_ALIASES = {
+    "fp16": "f16",
+    "float16": "f16",
+    "bfloat16": "bf16",
+    "1bit": "q1",
+    "1-bit": "q1",
+    "q1_0": "q1",
+    "q1_0_g128": "q1",
+    "int1": "q1",
+}
 _NAME = re.compile(r"^(?P<fam>[a-z0-9_]+?)(?:-g(?P<g>\d+))?(?P<sym>-sym|-asym)?$")
 
 
@@ -268,5 +309,15 @@ def get_format(name: str, group_size: int | None = None, symmetric: bool | None 
 
 
 def list_format_names() -> list[str]:
-    return ["bf16", "f16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g64-sym",
-            "int2-g64", "int2-g64-asym", "q1_0_g128"]
+    return [
+        "bf16",
+        "f16",
+        "int8",
+        "int4-g32",
+        "int4-g64",
+        "int4-g128",
+        "int4-g64-sym",
+        "int2-g64",
+        "int2-g64-asym",
+        "q1_0_g128",
+    ]

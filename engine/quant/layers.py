@@ -40,7 +40,7 @@ class Backend:
     label: Callable[[FormatSpec], str]
     supports: Callable[[FormatSpec, torch.device], bool]
     prepare: Callable[[QuantizedWeight, torch.device, torch.dtype], Buffers]
-    forward: Callable[[torch.Tensor, Buffers, "QLinear"], torch.Tensor]
+    forward: Callable[[torch.Tensor, Buffers, QLinear], torch.Tensor]
     automatic: bool = True
 
 
@@ -81,7 +81,7 @@ def _int4_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype)
     return {"w": packed.to(device), "sz": params.to(device)}
 
 
-def _int4_forward(x: torch.Tensor, b: Buffers, layer: "QLinear") -> torch.Tensor:
+def _int4_forward(x: torch.Tensor, b: Buffers, layer: QLinear) -> torch.Tensor:
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
     if layer.padded_in != layer.in_features:
@@ -109,7 +109,7 @@ def _int8_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype)
     return {"w": w8.to(device).contiguous(), "s": qw.scales[:, 0].to(device=device, dtype=dtype)}
 
 
-def _int8_forward(x: torch.Tensor, b: Buffers, layer: "QLinear") -> torch.Tensor:
+def _int8_forward(x: torch.Tensor, b: Buffers, layer: QLinear) -> torch.Tensor:
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).to(b["s"].dtype)
     y = torch._weight_int8pack_mm(x2.contiguous(), b["w"], b["s"])
@@ -121,18 +121,21 @@ def _dense_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype
     return {"w": qw.dequantize(dtype).to(device)}
 
 
-def _dense_forward(x: torch.Tensor, b: Buffers, layer: "QLinear") -> torch.Tensor:
+def _dense_forward(x: torch.Tensor, b: Buffers, layer: QLinear) -> torch.Tensor:
     return F.linear(x.to(b["w"].dtype), b["w"]).to(x.dtype)
 
 
 def _naive_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype) -> Buffers:
-    out = {"qweight": qw.qweight.to(device), "scales": qw.scales.to(device),
-           "zeros": qw.zero_points().to(device)}
+    out = {
+        "qweight": qw.qweight.to(device),
+        "scales": qw.scales.to(device),
+        "zeros": qw.zero_points().to(device),
+    }
     out["dtype_probe"] = torch.empty(0, dtype=dtype, device=device)
     return out
 
 
-def _naive_forward(x: torch.Tensor, b: Buffers, layer: "QLinear") -> torch.Tensor:
+def _naive_forward(x: torch.Tensor, b: Buffers, layer: QLinear) -> torch.Tensor:
     fmt = layer.fmt
     codes = P.unpack(b["qweight"], fmt.bits).to(b["scales"].dtype)
     codes = codes.reshape(layer.out_features, -1, fmt.group_for(layer.in_features))
@@ -148,13 +151,35 @@ def register(backend: Backend) -> None:
     BACKENDS[backend.name] = backend
 
 
-register(Backend("int8pack", lambda f: "int8pack (torch _weight_int8pack_mm)", _int8_supports,
-                 _int8_prepare, _int8_forward))
+register(
+    Backend(
+        "int8pack",
+        lambda f: "int8pack (torch _weight_int8pack_mm)",
+        _int8_supports,
+        _int8_prepare,
+        _int8_forward,
+    )
+)
 register(Backend("int4pack", _int4_label, _int4_supports, _int4_prepare, _int4_forward))
-register(Backend("dense", lambda f: "dense (dequantized once at load; no low-bit kernel)",
-                 lambda f, d: not f.is_float, _dense_prepare, _dense_forward))
-register(Backend("naive", lambda f: "naive (dequantize every call; reference only)",
-                 lambda f, d: not f.is_float, _naive_prepare, _naive_forward, automatic=False))
+register(
+    Backend(
+        "dense",
+        lambda f: "dense (dequantized once at load; no low-bit kernel)",
+        lambda f, d: not f.is_float,
+        _dense_prepare,
+        _dense_forward,
+    )
+)
+register(
+    Backend(
+        "naive",
+        lambda f: "naive (dequantize every call; reference only)",
+        lambda f, d: not f.is_float,
+        _naive_prepare,
+        _naive_forward,
+        automatic=False,
+    )
+)
 
 _PROBED: dict[tuple[str, str, str], bool] = {}
 
@@ -195,8 +220,14 @@ class QLinear(nn.Module):
         self.backend: Backend | None = None
         self._buffers_k: Buffers = {}
 
-    def prepare(self, device, dtype=torch.bfloat16, backend: str | None = None, probe: bool = True,
-                release: bool = False) -> Backend:
+    def prepare(
+        self,
+        device,
+        dtype=torch.bfloat16,
+        backend: str | None = None,
+        probe: bool = True,
+        release: bool = False,
+    ) -> Backend:
         """Lay the weight out for a backend on ``device``; ``release`` drops the stored form."""
         device = torch.device(device)
         if backend is None:
@@ -242,15 +273,25 @@ class QEmbedding(nn.Module):
 
     def prepare(self, device, dtype=torch.bfloat16, **_) -> None:
         qw = self.qw
-        self.qw = QuantizedWeight(qw.fmt, qw.shape, qw.qweight.to(device), qw.scales.to(device),
-                                  None if qw.qzeros is None else qw.qzeros.to(device))
+        self.qw = QuantizedWeight(
+            qw.fmt,
+            qw.shape,
+            qw.qweight.to(device),
+            qw.scales.to(device),
+            None if qw.qzeros is None else qw.qzeros.to(device),
+        )
         self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         qw = self.qw
         flat = ids.reshape(-1)
-        rows = QuantizedWeight(qw.fmt, (flat.numel(), self.embedding_dim), qw.qweight[flat],
-                               qw.scales[flat], None if qw.qzeros is None else qw.qzeros[flat])
+        rows = QuantizedWeight(
+            qw.fmt,
+            (flat.numel(), self.embedding_dim),
+            qw.qweight[flat],
+            qw.scales[flat],
+            None if qw.qzeros is None else qw.qzeros[flat],
+        )
         return rows.dequantize(self.dtype).reshape(*ids.shape, self.embedding_dim)
 
     @property

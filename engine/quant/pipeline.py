@@ -133,8 +133,9 @@ def quantized_modules(model: nn.Module) -> dict[str, QLinear | QEmbedding]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (QLinear, QEmbedding))}
 
 
-def prepare_model(model: nn.Module, device="cpu", dtype=torch.bfloat16, backend: str | None = None,
-                  release: bool = True) -> dict[str, int]:
+def prepare_model(
+    model: nn.Module, device="cpu", dtype=torch.bfloat16, backend: str | None = None, release: bool = True
+) -> dict[str, int]:
     """Move ``model`` to ``device``/``dtype`` and lay out every quantized layer for its kernel.
 
     Returns how many layers run on each backend label.

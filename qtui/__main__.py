@@ -1,0 +1,5 @@
+import sys
+
+from qtui.cli import main
+
+sys.exit(main())

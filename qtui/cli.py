@@ -1,0 +1,382 @@
+"""The ``qtui`` command line: models, quantize, variants, chat, bench (and the app by default)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEMO_PROMPT = "What is the capital of France?"
+
+
+class ProgressLine:
+    """A one-line progress bar on stderr (``progress(done, total, text)`` for the engine)."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_text = ""
+        self.last_draw = 0.0
+        self.start = time.monotonic()
+
+    def __call__(self, done: int, total: int, text: str) -> None:
+        now = time.monotonic()
+        if not self.tty:
+            stage = text.split(" ")[0] if total > 1 else text
+            if stage != self.last_text:
+                print(f"  {text}", file=self.stream, flush=True)
+                self.last_text = stage
+            return
+        if now - self.last_draw < 0.1 and done < total:
+            return
+        self.last_draw = now
+        width = 24
+        if total > 0:
+            frac = min(done / total, 1.0)
+            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+            eta = (now - self.start) / frac * (1 - frac) if frac > 0 else 0
+            line = f"[{bar}] {frac * 100:5.1f}% eta {eta:4.0f}s {text}"
+        else:
+            line = f"[{'.' * width}] {text}"
+        cols = shutil.get_terminal_size().columns
+        print("\r" + line[: cols - 1].ljust(cols - 1), end="", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.tty and self.last_draw:
+            print(file=self.stream, flush=True)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+# ------------------------------------------------------------------------------ commands
+def cmd_models(args) -> int:
+    from engine import sources
+
+    rows = sources.list_sources()
+    print(f"{'kind':9} {'name':45} path")
+    for s in rows:
+        note = (
+            "" if s.kind != "default" or (s.path / "qtui-source.json").exists() else " (fetched on first use)"
+        )
+        print(f"{s.kind:9} {s.ref:45} {s.path}{note}")
+    print(
+        f"\nAlso accepted: a local HF folder, a .gguf file, or a hub id (org/name).\n{sources.DEFAULT_NOTE}"
+    )
+    return EXIT_OK
+
+
+def cmd_quantize(args) -> int:
+    from engine import sources, variants
+    from engine.quant.formats import get_format
+    from engine.quant.pipeline import QuantOptions
+
+    sym = None if args.sym is None else args.sym
+    fmt = get_format(args.format, args.group_size, sym)
+    source = sources.resolve(args.model)
+    out = Path(args.out) if args.out else variants.variant_dir(source, fmt, args.method)
+    if (out / "qtui-manifest.json").exists() and not args.force:
+        print(f"already saved: {out} (use --force to redo)")
+        return EXIT_OK
+    bar = ProgressLine()
+    cancel = threading.Event()
+    t0 = time.monotonic()
+    try:
+        path, report = variants.quantize_and_save(
+            source,
+            fmt,
+            args.method,
+            out,
+            QuantOptions(args.quantize_embeddings, args.quantize_head),
+            progress=bar,
+            cancel=cancel,
+            overwrite=args.force,
+        )
+    finally:
+        bar.close()
+    from engine import store
+
+    m = store.read_manifest(path)
+    print(f"saved {fmt.name} ({args.method}) to {path}")
+    print(
+        f"  {_human(m['bytes_on_disk'])} on disk, {m['bits_per_weight']['quantized_tensors']} bits/weight "
+        f"in quantized tensors, {time.monotonic() - t0:.1f} s"
+    )
+    if report and report.layers:
+        worst = max(report.layers, key=lambda r: r.weight_rel_error)
+        print(
+            f"  worst layer by weight error: {worst.name} ({worst.weight_rel_error:.3f}, {worst.sqnr_db:.1f} dB)"
+        )
+    return EXIT_OK
+
+
+def cmd_variants(args) -> int:
+    from engine import store
+    from engine.quant.formats import get_format
+    from engine.quant.layers import pick_backend
+    from engine.runtime import compute_dtype, default_device
+
+    found = store.list_variants(Path(args.root) if args.root else None)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": str(p),
+                        **{
+                            k: m[k]
+                            for k in (
+                                "format",
+                                "method",
+                                "source",
+                                "bytes_on_disk",
+                                "bits_per_weight",
+                                "created",
+                            )
+                        },
+                    }
+                    for p, m in found
+                ],
+                indent=1,
+            )
+        )
+        return EXIT_OK
+    if not found:
+        print("no saved variants yet; make one with: qtui quantize default --format int4")
+        return EXIT_OK
+    device = default_device()
+    print(f"{'source':12} {'variant':22} {'bits/w':>7} {'size':>9}  backend ({device.type})  path")
+    for path, m in found:
+        fmt = get_format(m["format"]["name"])
+        backend = (
+            "dense 16-bit" if fmt.is_float else pick_backend(fmt, device, compute_dtype(fmt, device)).name
+        )
+        name = store.variant_name(fmt, m["method"]["name"])
+        print(
+            f"{m['source'].get('id', '?')[:12]:12} {name:22} {m['bits_per_weight']['quantized_tensors']:7.2f} "
+            f"{_human(m['bytes_on_disk']):>9}  {backend:14} {path}"
+        )
+    return EXIT_OK
+
+
+def _settings(args):
+    from engine.runtime import GenSettings
+
+    return GenSettings(
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        system=args.system,
+    )
+
+
+def cmd_chat(args) -> int:
+    from engine import runtime, variants
+
+    settings = _settings(args)
+    cache: dict = {}
+    bar = ProgressLine()
+    loaded = []
+    try:
+        for spec in args.specs:
+            parsed = variants.parse_spec(spec, args.method)
+            loaded.append(variants.open_spec(parsed, args.device, bar, loaded_cache=cache))
+            loaded[-1].warm_up(bar)
+    finally:
+        bar.close()
+    cache.clear()
+    results = []
+    for variant in loaded:
+        if args.stream and len(loaded) == 1:
+            print(f"== {variant.name} ==")
+            result = runtime.generate(
+                variant, args.prompt, settings, on_token=lambda t: print(t.text, end="", flush=True)
+            )
+            print()
+        else:
+            result = runtime.generate(variant, args.prompt, settings)
+        results.append((variant, result))
+    if args.json:
+        print(json.dumps([_result_json(v, r, settings) for v, r in results], indent=1))
+    else:
+        print_side_by_side(results, args.prompt)
+    return EXIT_OK
+
+
+def _result_json(variant, result, settings) -> dict:
+    return {
+        "variant": variant.name,
+        "backend": variant.backend,
+        "device": str(variant.device),
+        "text": result.text,
+        "prompt_tokens": result.prompt_tokens,
+        "new_tokens": result.new_tokens,
+        "ttft_s": round(result.ttft_s, 4),
+        "decode_tok_s": round(result.decode_tps, 2),
+        "prefill_tok_s": round(result.prefill_tps, 1),
+        "finish": result.finish,
+        "flags": result.flags,
+        "peak_rss_bytes": result.peak_rss,
+        "peak_cuda_bytes": result.peak_cuda,
+        "weight_bytes": variant.weight_bytes(),
+        "settings": settings.__dict__,
+    }
+
+
+def _stats(variant, result) -> list[str]:
+    flags = f"  [{', '.join(result.flags)}]" if result.flags else ""
+    return [
+        f"{result.new_tokens} tok, {result.decode_tps:.1f} tok/s, ttft {result.ttft_s * 1000:.0f} ms{flags}",
+        f"{variant.backend}",
+        f"weights {_human(variant.weight_bytes())}, peak RSS {_human(result.peak_rss)}",
+    ]
+
+
+def print_side_by_side(results, prompt: str, width: int | None = None) -> None:
+    width = width or shutil.get_terminal_size((120, 40)).columns
+    print(f"> {prompt}\n")
+    n = len(results)
+    col = (width - 3 * (n - 1)) // max(n, 1)
+    if n == 1 or col < 28:
+        for variant, result in results:
+            print(f"== {variant.name} ==")
+            print(textwrap.fill(result.text, width=width, replace_whitespace=False) or "(empty)")
+            for line in _stats(variant, result):
+                print(f"   {line}")
+            print()
+        return
+    blocks = []
+    for variant, result in results:
+        lines = [variant.name.center(col, "="), ""]
+        for para in (result.text or "(empty)").splitlines() or [""]:
+            lines += textwrap.wrap(para, col) or [""]
+        lines.append("-" * col)
+        for stat in _stats(variant, result):
+            lines += textwrap.wrap(stat, col)
+        blocks.append(lines)
+    height = max(len(b) for b in blocks)
+    for i in range(height):
+        print(" | ".join((b[i] if i < len(b) else "").ljust(col) for b in blocks).rstrip())
+
+
+def cmd_bench(args) -> int:
+    from engine import benchmark
+
+    argv = [
+        "--model",
+        args.model,
+        "--tokens",
+        str(args.tokens),
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+    ]
+    if args.formats:
+        argv += ["--formats", *args.formats]
+    return benchmark.main(argv)
+
+
+def cmd_app(args) -> int:
+    """Until the Textual screens land: the headless side-by-side comparison on the default model."""
+    from engine import sources
+
+    print(sources.DEFAULT_NOTE, file=sys.stderr)
+    args.specs = ["default", "default:int4-g64"]
+    args.prompt = args.prompt or DEMO_PROMPT
+    return cmd_chat(args)
+
+
+# ------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qtui", description="Quantize a language model and see what it costs.")
+    sub = p.add_subparsers(dest="command")
+
+    sub.add_parser("models", help="list the model sources qtui can see").set_defaults(func=cmd_models)
+
+    q = sub.add_parser("quantize", help="quantize a model into a saved variant")
+    q.add_argument("model", help="default | a HF folder | a .gguf file | a hub id")
+    q.add_argument(
+        "--format", "-f", required=True, help="bf16 f16 int8 int4 int2 q1_0_g128 (or int4-g128...)"
+    )
+    q.add_argument("--group-size", "-g", type=int, default=None, help="32, 64, 128 or 256 (int4/int2)")
+    sym = q.add_mutually_exclusive_group()
+    sym.add_argument("--sym", dest="sym", action="store_true", default=None, help="symmetric grid")
+    sym.add_argument("--asym", dest="sym", action="store_false", help="asymmetric (integer zero point)")
+    q.add_argument("--method", default="rtn", help="quantization method (rtn)")
+    q.add_argument("--out", help="variant folder (default: the data folder)")
+    q.add_argument("--quantize-embeddings", action="store_true", help="also quantize the token embeddings")
+    q.add_argument("--quantize-head", action="store_true", help="also quantize the LM head")
+    q.add_argument("--force", action="store_true", help="redo and replace an existing variant")
+    q.set_defaults(func=cmd_quantize)
+
+    v = sub.add_parser("variants", help="list saved variants")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--root", help="variants folder (default: the data folder)")
+    v.set_defaults(func=cmd_variants)
+
+    def gen_args(c):
+        c.add_argument("--prompt", "-p", default=None)
+        c.add_argument("--max-tokens", type=int, default=128)
+        c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        c.add_argument("--top-p", type=float, default=1.0)
+        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--system", default=None, help="system prompt")
+        c.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+        c.add_argument("--method", default="rtn")
+        c.add_argument("--json", action="store_true", help="print results as JSON")
+        c.add_argument("--stream", action="store_true", help="stream tokens (single variant)")
+
+    c = sub.add_parser("chat", help="run one prompt through several variants, side by side")
+    c.add_argument("specs", nargs="+", help="default, default:int4, default:int4-g128, a folder...")
+    gen_args(c)
+    c.set_defaults(func=cmd_chat)
+
+    b = sub.add_parser("bench", help="decode speed of every format vs bf16")
+    b.add_argument("--model", default="default", help="default or shape:qwen3-0.6b")
+    b.add_argument("--tokens", type=int, default=128)
+    b.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--formats", nargs="*")
+    b.set_defaults(func=cmd_bench)
+
+    a = sub.add_parser("app", help="open the app (default when no command is given)")
+    gen_args(a)
+    a.set_defaults(func=cmd_app)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.errors import QtuiError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["app", *(argv or [])])
+    if getattr(args, "command", None) == "chat" and not args.prompt:
+        parser.error("chat needs --prompt")
+    try:
+        return args.func(args)
+    except QtuiError as exc:
+        print(f"qtui: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\nqtui: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
