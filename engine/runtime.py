@@ -42,7 +42,7 @@ class Token:
     index: int
     token_id: int
     text: str  # the new text this token adds (may be "" mid multi-byte character)
-    t: float  # seconds since the request started
+    t: float  # seconds this generation has been working (excludes time suspended by its consumer)
 
 
 @dataclass
@@ -53,7 +53,7 @@ class GenResult:
     new_tokens: int = 0
     ttft_s: float = 0.0  # request start -> first token (prefill + first sample)
     prefill_tps: float = 0.0  # prompt tokens / ttft
-    decode_tps: float = 0.0  # tokens after the first / time after the first
+    decode_tps: float = 0.0  # tokens after the first / time from the first to the last token
     total_s: float = 0.0
     finish: str = ""  # "eos" | "length" | "stopped"
     looped: bool = False
@@ -250,7 +250,10 @@ def stream(
     gen = None
     if settings.temperature > 0:
         gen = torch.Generator(device="cpu").manual_seed(settings.seed)
-    t0 = time.perf_counter()
+    # The clock runs only while this generator is working: when several variants are interleaved
+    # (chat columns, round-robin) each one's timings are its own, not its neighbours'.
+    busy = 0.0
+    mark = time.perf_counter()
     t_first = 0.0
     sampler = PeakSampler(cuda=variant.device.type == "cuda")
     with sampler, torch.inference_mode():
@@ -258,14 +261,16 @@ def stream(
         tokens = steps(variant, ids, settings, gen, cancel)
         try:
             for token_id in tokens:
-                now = time.perf_counter() - t0
+                now = busy + time.perf_counter() - mark
                 if not result.token_ids:
                     t_first = now
                 if token_id in stops:
                     result.finish = "eos"
                     break
                 result.token_ids.append(token_id)
+                busy = now
                 yield Token(len(result.token_ids) - 1, token_id, detok.add(token_id), now)
+                mark = time.perf_counter()
                 if cancel is not None and cancel.is_set():
                     result.finish = "stopped"
                     break
@@ -276,14 +281,14 @@ def stream(
                 result.finish = "stopped" if cancel is not None and cancel.is_set() else "eos"
         finally:
             tokens.close()
-    total = time.perf_counter() - t0
+    total = busy + time.perf_counter() - mark
     result.text = detok.text
     result.new_tokens = len(result.token_ids)
     result.total_s = total
     result.ttft_s = t_first
     result.prefill_tps = result.prompt_tokens / t_first if t_first > 0 else 0.0
-    if result.new_tokens > 1 and total > t_first:
-        result.decode_tps = (result.new_tokens - 1) / (total - t_first)
+    if result.new_tokens > 1 and busy > t_first:
+        result.decode_tps = (result.new_tokens - 1) / (busy - t_first)
     result.looped = detect_loop(result.token_ids)
     result.peak_rss, result.peak_cuda = sampler.peak_rss, sampler.peak_cuda
     return result

@@ -280,7 +280,7 @@ def build_model(folder: Path, manifest: dict, tensors: dict[str, torch.Tensor]) 
         if isinstance(old, nn.Embedding):
             new: nn.Module = QEmbedding(qw, old.padding_idx)
         else:
-            bias = state.pop(f"{name}.bias", None)
+            bias = state.get(f"{name}.bias")  # stays in state: load_state_dict fills QLinear.bias
             new = QLinear(qw, bias)
         set_module(model, name, new)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

@@ -291,13 +291,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_app(args) -> int:
-    """Until the Textual screens land: the headless side-by-side comparison on the default model."""
-    from engine import sources
+    """The Textual app (``--headless``: the side-by-side comparison printed instead)."""
+    if args.headless:
+        from engine import sources
 
-    print(sources.DEFAULT_NOTE, file=sys.stderr)
-    args.specs = ["default", "default:int4-g64"]
-    args.prompt = args.prompt or DEMO_PROMPT
-    return cmd_chat(args)
+        print(sources.DEFAULT_NOTE, file=sys.stderr)
+        args.specs = ["default", "default:int4-g64"]
+        args.prompt = args.prompt or DEMO_PROMPT
+        return cmd_chat(args)
+    from qtui.app import run
+
+    return run(autoload=not args.no_autoload)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -355,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("app", help="open the app (default when no command is given)")
     gen_args(a)
+    a.add_argument("--headless", action="store_true", help="print the bf16 vs int4 comparison instead")
+    a.add_argument(
+        "--no-autoload",
+        action="store_true",
+        help="start on the Models screen without loading the default variants",
+    )
     a.set_defaults(func=cmd_app)
     return p
 

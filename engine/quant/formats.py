@@ -302,7 +302,8 @@ def get_format(name: str, group_size: int | None = None, symmetric: bool | None 
         group_size = family.default_group
     if symmetric is None:
         symmetric = family.default_symmetric
-    if family.bits < 16 and group_size not in family.groups:
+    # families without group sizes (int8, per channel) reject a group in their builder, clearly
+    if family.bits < 16 and group_size not in family.groups and any(family.groups):
         allowed = ", ".join(str(g) for g in family.groups if g)
         raise FormatError(f"{fam_name}: group size {group_size} not supported (use {allowed})")
     return family.build(group_size, symmetric)

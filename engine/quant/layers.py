@@ -230,11 +230,16 @@ class QLinear(nn.Module):
     ) -> Backend:
         """Lay the weight out for a backend on ``device``; ``release`` drops the stored form."""
         device = torch.device(device)
-        if backend is None:
-            chosen = pick_backend(self.fmt, device, dtype)
-        else:
-            chosen = BACKENDS[backend]
-        self._buffers_k = chosen.prepare(self.qw, device, dtype)
+        chosen = pick_backend(self.fmt, device, dtype) if backend is None else BACKENDS[backend]
+        try:
+            self._buffers_k = chosen.prepare(self.qw, device, dtype)
+        except RuntimeError:
+            # a kernel can reject one layer's shape (CPU int4pack needs out_features % 16 == 0);
+            # an automatic choice then falls back to dense, which the backend label reports
+            if backend is not None:
+                raise
+            chosen = BACKENDS["dense"]
+            self._buffers_k = chosen.prepare(self.qw, device, dtype)
         self.backend = chosen
         if self.bias is not None:
             self.bias.data = self.bias.data.to(device=device, dtype=dtype)

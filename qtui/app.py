@@ -1,0 +1,363 @@
+"""The qtui Textual app: Models, Quantize, Chat (side by side), Dashboard, Help.
+
+Engine work runs in thread workers; workers write job state or post messages, widgets redraw
+from state on timers. Nothing long runs on the UI thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+
+from engine import paths
+from engine.runtime import GenResult, GenSettings
+from engine.telemetry import cuda_allocated_bytes, rss_bytes
+from qtui.config import Settings
+from qtui.services import EngineService, Loaded, Service
+from qtui.state import Metrics, QuantJob
+
+SCREENS = ("models", "quantize", "chat", "dashboard")
+
+
+class QtuiCommands(Provider):
+    """Every app action in the command palette."""
+
+    def _commands(self):
+        app = self.app
+        return [
+            (
+                "New chat (clear columns)",
+                "Clear every column's conversation",
+                partial(app.run_action, "chat_clear"),
+            ),
+            (
+                "Load variant...",
+                "Open the Models screen to pick a saved variant",
+                partial(app.switch_to, "models"),
+            ),
+            ("Quantize...", "Pick formats on the Models screen", partial(app.switch_to, "models")),
+            ("Quantization queue", "Show progress of every job", partial(app.switch_to, "quantize")),
+            ("Chat side by side", "Open the chat columns", partial(app.switch_to, "chat")),
+            ("Dashboard", "Live charts: speed, latency, memory, size", partial(app.switch_to, "dashboard")),
+            (
+                "Export conversation",
+                "Save the chat as Markdown and JSON",
+                partial(app.run_action, "chat_export"),
+            ),
+            (
+                "Generation settings",
+                "Temperature, top-p, seed, max tokens",
+                partial(app.run_action, "chat_settings"),
+            ),
+            ("Switch theme", "Cycle light / dark themes", app.action_next_theme),
+            ("Help", "Every key binding", app.action_help),
+        ]
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, callback in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+    async def discover(self) -> Hits:
+        for name, help_text, callback in self._commands():
+            yield Hit(1.0, name, callback, help=help_text)
+
+
+class QtuiApp(App):
+    TITLE = "qtui"
+    SUB_TITLE = "what quantization does to a language model"
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {QtuiCommands}
+    BINDINGS = [
+        Binding("f1", "help", "Help", tooltip="Every key binding", id="app.help"),
+        Binding(
+            "f2", "switch_to('models')", "Models", tooltip="Sources, saved variants, formats", id="app.models"
+        ),
+        Binding(
+            "f3", "switch_to('quantize')", "Quantize", tooltip="The quantization queue", id="app.quantize"
+        ),
+        Binding("f4", "switch_to('chat')", "Chat", tooltip="Chat with variants side by side", id="app.chat"),
+        Binding("f5", "switch_to('dashboard')", "Dashboard", tooltip="Live charts", id="app.dashboard"),
+        Binding("ctrl+q", "quit", "Quit", tooltip="Quit qtui", id="app.quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        service: Service | None = None,
+        autoload: bool = True,
+        settings: Settings | None = None,
+        animate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.service = service or EngineService()
+        self.settings = settings or Settings.load()
+        self.autoload = autoload
+        self.jobs: dict[int, QuantJob] = {}
+        self.loaded: dict[str, Loaded] = {}
+        self.loading: dict[str, str] = {}
+        self.metrics = Metrics()
+        self.animate = animate
+
+    # -------------------------------------------------------------------- lifecycle
+    def on_mount(self) -> None:
+        from qtui.screens.chat import ChatScreen
+        from qtui.screens.dashboard import DashboardScreen
+        from qtui.screens.models import ModelsScreen
+        from qtui.screens.quantize import QuantizeScreen
+
+        if self.settings.theme in self.available_themes:
+            self.theme = self.settings.theme
+        for name, cls in zip(
+            SCREENS, (ModelsScreen, QuantizeScreen, ChatScreen, DashboardScreen), strict=True
+        ):
+            self.install_screen(cls(), name=name)
+        self.push_screen("chat" if self.autoload else "models")
+        self.set_interval(1.0, self.sample_resources)
+        if self.autoload:
+            self.bootstrap()
+
+    def watch_theme(self, theme: str) -> None:
+        if self.settings.theme != theme:
+            self.settings.theme = theme
+            self.settings.save()
+
+    def sample_resources(self) -> None:
+        self.metrics.rss.append(rss_bytes() / 1e6)
+        cuda = cuda_allocated_bytes()
+        if cuda:
+            self.metrics.cuda.append(cuda / 1e6)
+
+    def gen_settings(self) -> GenSettings:
+        s = self.settings
+        return GenSettings(
+            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed
+        )
+
+    # -------------------------------------------------------------------- navigation
+    def action_switch_to(self, name: str) -> None:
+        self.switch_to(name)
+
+    def switch_to(self, name: str) -> None:
+        if self.screen is self.get_screen(name):
+            return
+        while len(self.screen_stack) > 2:  # close modals first
+            self.pop_screen()
+        self.switch_screen(name)
+
+    def action_help(self) -> None:
+        from qtui.screens.help import HelpScreen
+
+        self.push_screen(HelpScreen())
+
+    def action_next_theme(self) -> None:
+        themes = sorted(self.available_themes)
+        self.theme = (
+            themes[(themes.index(self.theme) + 1) % len(themes)] if self.theme in themes else themes[0]
+        )
+
+    async def action_chat_clear(self) -> None:
+        await self.get_screen("chat").action_clear()
+
+    def action_chat_export(self) -> None:
+        self.get_screen("chat").action_export()
+
+    def action_chat_settings(self) -> None:
+        self.get_screen("chat").action_settings()
+
+    # -------------------------------------------------------------------- start-up
+    @work(thread=True, group="bootstrap", exit_on_error=False)
+    def bootstrap(self) -> None:
+        """Load the baseline and the default formats, quantizing those not saved yet."""
+        model = self.settings.model
+        self._load_now(model)
+        saved = {v.fmt: v for v in self._saved(model)}
+        for fmt in self.settings.formats:
+            if fmt in saved:
+                self._load_now(str(saved[fmt].path))
+            else:
+                self.call_from_thread(
+                    self.enqueue_quantize, model, fmt, self.settings.method, self.settings.device, True
+                )
+
+    def _saved(self, model: str):
+        try:
+            return self.service.saved_variants(model)
+        except Exception:
+            return []
+
+    # -------------------------------------------------------------------- loading variants
+    def load_variant(self, spec: str) -> None:
+        self.load_worker(spec)
+
+    @work(thread=True, group="load", exit_on_error=False)
+    def load_worker(self, spec: str) -> None:
+        self._load_now(spec)
+
+    def _load_now(self, spec: str) -> None:
+        import threading
+
+        if spec in self.loaded:
+            return
+        label = Path(spec).name if "/" in spec else spec
+        self.loading[spec] = "starting"
+        self.call_from_thread(self._loaded_changed)
+
+        def progress(done: int, total: int, text: str) -> None:
+            pct = f" {100 * done / total:.0f}%" if total else ""
+            self.loading[spec] = f"{label}: {text}{pct}"
+
+        try:
+            loaded = self.service.load(spec, self.settings.device, progress, threading.Event())
+        except Exception as exc:
+            self.loading.pop(spec, None)
+            self.call_from_thread(
+                self.notify,
+                f"could not load {label}: {exc}",
+                title="Load failed",
+                severity="error",
+                timeout=10,
+            )
+            self.call_from_thread(self._loaded_changed)
+            return
+        self.loading.pop(spec, None)
+        self.loaded[spec] = loaded
+        self.metrics.disk[loaded.name] = (loaded.bytes_on_disk, loaded.bits_per_weight)
+        self.call_from_thread(self._loaded_changed)
+
+    def _loaded_changed(self) -> None:
+        chat = self.get_screen("chat")
+        if chat.is_mounted:
+            chat.sync_columns()
+
+    # -------------------------------------------------------------------- quantization queue
+    def enqueue_quantize(
+        self, source: str, fmt: str, method: str, device: str, then_load: bool = False
+    ) -> QuantJob:
+        job = QuantJob(source, fmt, method, device, then_load=then_load)
+        self.jobs[job.id] = job
+        self.run_queue()
+        if then_load and self.screen is self.get_screen("chat"):
+            self.switch_to("quantize")  # show the progress of what make run is waiting for
+        return job
+
+    @work(thread=True, exclusive=True, group="quantize", exit_on_error=False)
+    def run_queue(self) -> None:
+        """Run queued jobs one at a time (a second start while running just picks up new jobs)."""
+        while True:
+            job = next((j for j in self.jobs.values() if j.status == "queued"), None)
+            if job is None:
+                return
+            self._run_job(job)
+
+    def _run_job(self, job: QuantJob) -> None:
+        from engine.errors import Cancelled
+
+        job.status, job.started = "running", time.monotonic()
+        try:
+            info = self.service.quantize(
+                job.source, job.fmt, job.method, job.device, job.progress, job.cancel
+            )
+        except Cancelled:
+            job.status = "cancelled"
+        except Exception as exc:
+            job.status, job.error = "failed", str(exc) or type(exc).__name__
+            self.call_from_thread(
+                self.notify,
+                f"{job.label}: {job.error}",
+                title="Quantization failed",
+                severity="error",
+                timeout=10,
+            )
+        else:
+            job.status, job.bytes_on_disk = "done", info.bytes_on_disk
+            if job.cancel.is_set():
+                job.status = "done"  # finished before the cancel took effect; it is saved whole
+            if job.then_load:
+                self._load_now(str(info.path))
+                self.call_from_thread(self._after_bootstrap_job)
+        finally:
+            job.finished = time.monotonic()
+
+    def _after_bootstrap_job(self) -> None:
+        pending = [j for j in self.jobs.values() if j.then_load and j.status in ("queued", "running")]
+        if not pending and self.screen is self.get_screen("quantize"):
+            self.switch_to("chat")
+
+    def cancel_job(self, job_id: int) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.status not in ("queued", "running"):
+            return
+        job.cancel.set()
+        if job.status == "queued":
+            job.status = "cancelled"
+
+    # -------------------------------------------------------------------- results
+    def record_answer(self, name: str, result: GenResult) -> None:
+        now = time.monotonic()
+        if result.decode_tps:
+            self.metrics.series(self.metrics.tok_s, name).append(result.decode_tps, now)
+        if result.ttft_s:
+            self.metrics.series(self.metrics.ttft, name).append(result.ttft_s * 1000, now)
+
+    def export_conversation(self, columns) -> tuple[Path, Path]:
+        folder = paths.data_dir() / "exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        settings = self.gen_settings().__dict__
+        data = []
+        md = [f"# qtui conversation {stamp}", "", f"Settings: `{json.dumps(settings)}`", ""]
+        for col in columns:
+            loaded = self.loaded.get(col.key)
+            r = col.result
+            stats = (
+                None
+                if r is None
+                else {
+                    "new_tokens": r.new_tokens,
+                    "ttft_s": r.ttft_s,
+                    "decode_tok_s": r.decode_tps,
+                    "prefill_tok_s": r.prefill_tps,
+                    "finish": r.finish,
+                    "flags": r.flags,
+                    "peak_rss": r.peak_rss,
+                    "peak_cuda": r.peak_cuda,
+                }
+            )
+            data.append(
+                {
+                    "variant": col.title,
+                    "backend": col.backend,
+                    "weight_bytes": loaded.weight_bytes if loaded else None,
+                    "settings": settings,
+                    "messages": col.history,
+                    "last_stats": stats,
+                }
+            )
+            md += [f"## {col.title}", "", f"backend: {col.backend}", ""]
+            for msg in col.history:
+                md += [f"**{msg['role']}**: {msg['content']}", ""]
+            if stats:
+                md += [
+                    f"_last answer: {r.new_tokens} tokens, {r.decode_tps:.1f} tok/s, "
+                    f"ttft {r.ttft_s * 1000:.0f} ms, {r.finish}{', ' + ', '.join(r.flags) if r.flags else ''}_",
+                    "",
+                ]
+        path_md = folder / f"chat-{stamp}.md"
+        path_json = folder / f"chat-{stamp}.json"
+        path_md.write_text("\n".join(md))
+        path_json.write_text(json.dumps(data, indent=1))
+        return path_md, path_json
+
+
+def run(autoload: bool = True) -> int:
+    QtuiApp(autoload=autoload).run()
+    return 0

@@ -1,0 +1,229 @@
+"""Models: pick a source, see its saved variants, pick formats (with bits/weight and size)."""
+
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Label,
+    OptionList,
+    Select,
+    SelectionList,
+    Static,
+)
+from textual.widgets.option_list import Option
+
+from qtui.widgets.chat_column import human_bytes
+
+
+class ModelsScreen(Screen):
+    BINDINGS = [
+        Binding(
+            "ctrl+k",
+            "quantize_selected",
+            "Quantize",
+            tooltip="Queue the selected formats",
+            id="models.quantize",
+            priority=True,
+        ),
+        Binding(
+            "ctrl+o",
+            "load_selected",
+            "Load",
+            tooltip="Load the highlighted saved variant into chat",
+            id="models.load",
+            priority=True,
+        ),
+        Binding(
+            "ctrl+r",
+            "refresh",
+            "Refresh",
+            tooltip="Rescan sources and saved variants",
+            id="models.refresh",
+            priority=True,
+        ),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="models-body"):
+            with Vertical(id="sources-pane", classes="pane"):
+                yield Label("Sources", classes="pane-title")
+                yield OptionList(id="sources")
+                yield Input(placeholder="local folder or .gguf path", id="path-input")
+                yield Input(placeholder="hub id (org/name)", id="hub-input")
+                yield Static("", id="source-note", classes="note")
+            with Vertical(id="variants-pane", classes="pane"):
+                yield Label("Saved variants", classes="pane-title")
+                yield DataTable(id="variants", cursor_type="row")
+                yield Button("Load into chat (ctrl+o)", id="load", variant="primary")
+            with Vertical(id="formats-pane", classes="pane"):
+                yield Label("Formats", classes="pane-title")
+                yield SelectionList(id="formats")
+                yield Select([("rtn", "rtn")], id="method", prompt="method", allow_blank=False)
+                yield Select([("cpu", "cpu")], id="device", prompt="device", allow_blank=False)
+                yield Button("Quantize selected (ctrl+k)", id="quantize", variant="success")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#variants", DataTable)
+        for label, width in (("variant", 18), ("method", 6), ("bits/w", 6), ("size", 9)):
+            table.add_column(label, width=width, key=label)
+        self.action_refresh()
+
+    @property
+    def service(self):
+        return self.app.service
+
+    def action_refresh(self) -> None:
+        self.load_lists()
+
+    @work(thread=True, exclusive=True, group="models-scan", exit_on_error=False)
+    def load_lists(self) -> None:
+        sources = self.service.sources()
+        formats = self.service.formats()
+        methods = self.service.methods()
+        devices = self.service.devices()
+        self.app.call_from_thread(self._fill, sources, formats, methods, devices)
+
+    def _fill(self, sources, formats, methods, devices) -> None:
+        settings = self.app.settings
+        options = self.query_one("#sources", OptionList)
+        options.clear_options()
+        for s in sources:
+            options.add_option(Option(f"{s.ref}  [dim]{s.kind}[/]", id=s.ref))
+        if settings.model not in [s.ref for s in sources]:
+            options.add_option(Option(f"{settings.model}  [dim]path[/]", id=settings.model))
+        options.highlighted = next((i for i, s in enumerate(sources) if s.ref == settings.model), 0)
+        picker = self.query_one("#formats", SelectionList)
+        picker.clear_options()
+        for f in formats:
+            label = f"{f.name:14} {f.bits_per_weight:5.2f} b/w"
+            picker.add_option((label, f.name, f.name in settings.formats))
+        self.formats = formats
+        self.query_one("#method", Select).set_options([(m, m) for m in methods])
+        self.query_one("#method", Select).value = (
+            settings.method if settings.method in methods else methods[0]
+        )
+        self.query_one("#device", Select).set_options([(d, d) for d in devices])
+        self.query_one("#device", Select).value = (
+            settings.device if settings.device in devices else devices[0]
+        )
+        self.query_one("#source-note", Static).update(
+            self.service.note if settings.model == "default" else ""
+        )
+        self.refresh_variants()
+        self.update_sizes()
+
+    @on(OptionList.OptionSelected, "#sources")
+    @on(OptionList.OptionHighlighted, "#sources")
+    def _source_chosen(self, event) -> None:
+        ref = event.option.id
+        if ref and ref != self.app.settings.model:
+            self.app.settings.model = ref
+            self.app.settings.save()
+            self.query_one("#source-note", Static).update(self.service.note if ref == "default" else "")
+            self.refresh_variants()
+            self.update_sizes()
+
+    @on(Input.Submitted, "#path-input")
+    @on(Input.Submitted, "#hub-input")
+    def _typed_source(self, event: Input.Submitted) -> None:
+        value = event.value.strip()
+        if not value:
+            return
+        self.check_source(value)
+
+    @work(thread=True, exclusive=True, group="models-check", exit_on_error=False)
+    def check_source(self, ref: str) -> None:
+        from engine import sources
+
+        try:
+            sources.resolve(ref)
+        except Exception as exc:  # a clear message, never a crash
+            self.app.call_from_thread(self.app.notify, str(exc), title="Source", severity="error")
+            return
+        self.app.settings.model = ref
+        self.app.call_from_thread(self.action_refresh)
+
+    @work(thread=True, exclusive=True, group="models-variants", exit_on_error=False)
+    def refresh_variants(self) -> None:
+        try:
+            found = self.service.saved_variants(self.app.settings.model)
+        except Exception as exc:
+            self.app.call_from_thread(self.app.notify, str(exc), severity="error")
+            found = []
+        self.app.call_from_thread(self._show_variants, found)
+
+    def _show_variants(self, found) -> None:
+        table = self.query_one("#variants", DataTable)
+        table.clear()
+        for v in found:
+            table.add_row(
+                v.fmt, v.method, f"{v.bits_per_weight:.2f}", human_bytes(v.bytes_on_disk), key=str(v.path)
+            )
+
+    @work(thread=True, exclusive=True, group="models-sizes", exit_on_error=False)
+    def update_sizes(self) -> None:
+        model = self.app.settings.model
+        sizes = {}
+        for f in getattr(self, "formats", []):
+            try:
+                sizes[f.name] = self.service.expected_bytes(model, f.name)
+            except Exception:
+                sizes[f.name] = None
+        self.app.call_from_thread(self._show_sizes, sizes)
+
+    def _show_sizes(self, sizes) -> None:
+        picker = self.query_one("#formats", SelectionList)
+        chosen = set(picker.selected)
+        picker.clear_options()
+        for f in self.formats:
+            size = sizes.get(f.name)
+            size_text = human_bytes(size) if size else "?"
+            picker.add_option(
+                (f"{f.name:14} {f.bits_per_weight:5.2f} b/w  ~{size_text}", f.name, f.name in chosen)
+            )
+
+    def action_quantize_selected(self) -> None:
+        picker = self.query_one("#formats", SelectionList)
+        chosen = list(picker.selected)
+        if not chosen:
+            self.app.notify("Pick at least one format first", severity="warning")
+            return
+        settings = self.app.settings
+        settings.formats = chosen
+        settings.method = str(self.query_one("#method", Select).value)
+        settings.device = str(self.query_one("#device", Select).value)
+        settings.save()
+        for fmt in chosen:
+            if fmt in ("bf16", "f16"):
+                self.app.load_variant(settings.model)
+                continue
+            self.app.enqueue_quantize(settings.model, fmt, settings.method, settings.device)
+        self.app.switch_to("quantize")
+
+    def action_load_selected(self) -> None:
+        table = self.query_one("#variants", DataTable)
+        if table.row_count == 0:
+            self.app.notify("No saved variant to load; quantize one first", severity="warning")
+            return
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        self.app.load_variant(key)
+        self.app.switch_to("chat")
+
+    @on(Button.Pressed, "#quantize")
+    def _quantize_pressed(self) -> None:
+        self.action_quantize_selected()
+
+    @on(Button.Pressed, "#load")
+    def _load_pressed(self) -> None:
+        self.action_load_selected()

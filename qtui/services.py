@@ -1,0 +1,179 @@
+"""The one door from the UI to the engine.
+
+Screens call an :class:`EngineService`; tests pass a scripted fake with the same methods
+(``tests/ui/fake_engine.py``). Every long call takes ``progress(done, total, text)`` and a
+``threading.Event`` and runs in a thread worker, never on the UI thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.runtime import GenResult, GenSettings, Token
+from engine.sources import ModelSource
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    name: str
+    family: str
+    bits_per_weight: float
+    description: str
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    """A saved variant, as the Models screen lists it."""
+
+    name: str  # "int4-g64-rtn"
+    fmt: str  # "int4-g64"
+    method: str
+    path: Path
+    bytes_on_disk: int
+    bits_per_weight: float
+
+
+@dataclass
+class Loaded:
+    """A variant loaded for chat: what a column shows about it, plus the engine's handle."""
+
+    name: str
+    backend: str
+    weight_bytes: int
+    bytes_on_disk: int
+    bits_per_weight: float
+    handle: object = None
+
+
+class Service(Protocol):
+    note: str
+
+    def sources(self) -> list[ModelSource]: ...
+    def formats(self) -> list[FormatInfo]: ...
+    def methods(self) -> list[str]: ...
+    def devices(self) -> list[str]: ...
+    def saved_variants(self, source_ref: str) -> list[VariantInfo]: ...
+    def expected_bytes(self, source_ref: str, fmt: str) -> int | None: ...
+    def quantize(
+        self, source_ref: str, fmt: str, method: str, device: str, progress: Progress, cancel: threading.Event
+    ) -> VariantInfo: ...
+    def load(self, spec: str, device: str, progress: Progress, cancel: threading.Event) -> Loaded: ...
+    def stream(
+        self, loaded: Loaded, messages: list[dict], settings: GenSettings, cancel: threading.Event
+    ) -> Generator[Token, None, GenResult]: ...
+    def decode(self, loaded: Loaded, token_ids: list[int]) -> str: ...
+
+
+class EngineService:
+    """The real engine behind the :class:`Service` protocol."""
+
+    def __init__(self) -> None:
+        from engine import sources
+
+        self.note = sources.DEFAULT_NOTE
+        self._loaded_sources: dict = {}
+        self._lock = threading.Lock()
+
+    def sources(self) -> list[ModelSource]:
+        from engine import sources
+
+        return sources.list_sources()
+
+    def formats(self) -> list[FormatInfo]:
+        from engine.quant.formats import get_format, list_format_names
+
+        out = []
+        for name in list_format_names():
+            fmt = get_format(name)
+            out.append(FormatInfo(fmt.name, fmt.family, fmt.bits_per_weight(4096), fmt.description))
+        return out
+
+    def methods(self) -> list[str]:
+        from engine.quant.methods import METHODS, get_method
+
+        get_method("rtn")
+        return sorted(METHODS)
+
+    def devices(self) -> list[str]:
+        import torch
+
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+    def saved_variants(self, source_ref: str) -> list[VariantInfo]:
+        from engine import sources, store
+
+        slug = sources.resolve(source_ref).slug
+        out = []
+        for path, m in store.list_variants():
+            if path.parent.name != slug:
+                continue
+            out.append(
+                VariantInfo(
+                    path.name,
+                    m["format"]["name"],
+                    m["method"]["name"],
+                    path,
+                    m["bytes_on_disk"],
+                    m["bits_per_weight"]["quantized_tensors"],
+                )
+            )
+        return out
+
+    def expected_bytes(self, source_ref: str, fmt: str) -> int | None:
+        from engine import sizing, sources
+        from engine.quant.formats import get_format
+
+        source = sources.resolve(source_ref)
+        if source.path is None or not (source.path / "config.json").exists():
+            return None
+        return sizing.estimate_bytes(source.path, get_format(fmt))
+
+    def _source(self, ref: str, progress: Progress, cancel: threading.Event):
+        from engine import sources
+
+        with self._lock:
+            if ref not in self._loaded_sources:
+                self._loaded_sources[ref] = sources.load(ref, progress=progress, cancel=cancel)
+            return self._loaded_sources[ref]
+
+    def quantize(self, source_ref, fmt, method, device, progress, cancel) -> VariantInfo:
+        from engine import store, variants
+        from engine.quant.formats import get_format
+
+        loaded = self._source(source_ref, progress, cancel)
+        spec = get_format(fmt)
+        path, _ = variants.quantize_and_save(
+            loaded, spec, method, progress=progress, cancel=cancel, overwrite=True
+        )
+        m = store.read_manifest(path)
+        return VariantInfo(
+            path.name, spec.name, method, path, m["bytes_on_disk"], m["bits_per_weight"]["quantized_tensors"]
+        )
+
+    def load(self, spec, device, progress, cancel) -> Loaded:
+        from engine import store, variants
+
+        parsed = variants.parse_spec(spec)
+        cache = None
+        if parsed.source is not None:
+            cache = {parsed.source.ref: self._source(parsed.source.ref, progress, cancel)}
+        variant = variants.open_spec(parsed, device, progress, cancel, loaded_cache=cache)
+        variant.warm_up(progress)
+        disk = variant.manifest["bytes_on_disk"] if variant.manifest else variant.weight_bytes()
+        bpw = variant.manifest["bits_per_weight"]["quantized_tensors"] if variant.manifest else 16.0
+        name = variant.name if parsed.folder is None else store.variant_name(variant.fmt, parsed.method)
+        return Loaded(name, variant.backend, variant.weight_bytes(), disk, bpw, variant)
+
+    def stream(self, loaded, messages, settings, cancel):
+        from engine import runtime
+
+        return runtime.stream(loaded.handle, messages, settings, cancel)
+
+    def decode(self, loaded, token_ids):
+        return loaded.handle.tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -1,0 +1,131 @@
+"""A scripted, deterministic stand-in for :class:`qtui.services.EngineService`.
+
+Answers are fixed word lists per variant; every token takes ``token_delay`` seconds; quantization
+walks ``layers`` steps and honours the cancel event between them. Nothing touches torch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from engine.errors import Cancelled, QtuiError
+from engine.runtime import GenResult, GenSettings, Token
+from engine.sources import ModelSource
+from qtui.services import FormatInfo, Loaded, VariantInfo
+
+ANSWERS = {
+    "bf16": "The capital of France is Paris.",
+    "int4-g64-rtn": "The capital of France is Paris, France.",
+    "int2-g64-rtn": "comm comm comm comm comm comm comm comm comm comm comm comm",
+}
+
+
+class FakeService:
+    note = "fake engine for tests"
+
+    def __init__(
+        self,
+        root: Path,
+        token_delay: float = 0.0,
+        layers: int = 5,
+        layer_delay: float = 0.0,
+        fail_formats: tuple[str, ...] = (),
+        fail_load: tuple[str, ...] = (),
+    ):
+        self.root = Path(root)
+        self.token_delay = token_delay
+        self.layers = layers
+        self.layer_delay = layer_delay
+        self.fail_formats = fail_formats
+        self.fail_load = fail_load
+        self.saved: dict[str, VariantInfo] = {}
+        self.quantize_started = threading.Event()
+        self.release = threading.Event()  # tests may hold quantization until set
+        self.release.set()
+        self.prompts: list[list[dict]] = []
+
+    def sources(self):
+        return [ModelSource("default", "default", self.root / "src", "Fake default")]
+
+    def formats(self):
+        return [
+            FormatInfo("bf16", "bf16", 16.0, "16-bit"),
+            FormatInfo("int8", "int8", 8.0, "int8"),
+            FormatInfo("int4-g64", "int4", 4.375, "int4"),
+            FormatInfo("int2-g64", "int2", 2.25, "int2"),
+        ]
+
+    def methods(self):
+        return ["rtn"]
+
+    def devices(self):
+        return ["cpu"]
+
+    def saved_variants(self, source_ref):
+        return list(self.saved.values())
+
+    def expected_bytes(self, source_ref, fmt):
+        return {
+            "bf16": 269_000_000,
+            "int8": 163_000_000,
+            "int4-g64": 114_800_000,
+            "int2-g64": 86_600_000,
+        }.get(fmt)
+
+    def quantize(self, source_ref, fmt, method, device, progress, cancel):
+        self.quantize_started.set()
+        self.release.wait(10)
+        path = self.root / "variants" / f"{fmt}-{method}"
+        for i in range(self.layers):
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+            progress(i, self.layers, f"model.layers.{i}.mlp.down_proj")
+            if fmt in self.fail_formats and i == 2:
+                raise QtuiError(f"{fmt}: simulated failure at layer 2")
+            time.sleep(self.layer_delay)
+        if cancel.is_set():
+            raise Cancelled("cancelled")
+        progress(self.layers, self.layers, "done")
+        path.mkdir(parents=True, exist_ok=True)
+        info = VariantInfo(f"{fmt}-{method}", fmt, method, path, 1000 * len(fmt), 4.375)
+        self.saved[info.name] = info
+        return info
+
+    def load(self, spec, device, progress, cancel):
+        name = Path(spec).name if "/" in spec else ("bf16" if spec == "default" else spec)
+        if name in self.fail_load or spec in self.fail_load:
+            raise QtuiError(f"{name}: simulated load failure")
+        progress(1, 1, "loaded")
+        backend = "dense bf16" if name == "bf16" else "int4pack (fake)"
+        return Loaded(name, backend, 100_000_000, 120_000_000, 16.0 if name == "bf16" else 4.375, handle=name)
+
+    def stream(self, loaded, messages, settings: GenSettings, cancel):
+        self.prompts.append(messages)
+        words = ANSWERS.get(loaded.name, "Paris is the answer.").split(" ")
+
+        def gen():
+            result = GenResult(prompt_tokens=10)
+            t = 0.0
+            for i, word in enumerate(words[: settings.max_new_tokens]):
+                if cancel.is_set():
+                    result.finish = "stopped"
+                    break
+                time.sleep(self.token_delay)
+                t += 0.01
+                result.token_ids.append(hash(word) % 1000)
+                yield Token(i, result.token_ids[-1], (" " if i else "") + word, t)
+            else:
+                result.finish = "length" if len(words) > settings.max_new_tokens else "eos"
+            result.text = " ".join(words[: len(result.token_ids)])
+            result.new_tokens = len(result.token_ids)
+            result.ttft_s, result.decode_tps, result.total_s = 0.01, 100.0, t
+            result.looped = loaded.name.startswith("int2")
+            return result
+
+        return gen()
+
+    def decode(self, loaded, token_ids):
+        words = ANSWERS.get(loaded.name, "Paris is the answer.").split(" ")
+        return " ".join(words[: len(token_ids)])

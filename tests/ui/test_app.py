@@ -1,0 +1,178 @@
+"""Pilot tests of every screen against the scripted fake engine."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from qtui.app import QtuiApp
+from qtui.screens.chat import ChatScreen, first_divergence
+from qtui.screens.help import HelpScreen, bindings_table
+from qtui.widgets.chat_column import ChatColumn
+from tests.ui.conftest import until
+from tests.ui.fake_engine import ANSWERS
+
+SIZE = (140, 40)
+
+
+async def _ready(app, pilot, n=2):
+    await until(pilot, lambda: len(app.loaded) == n and not app.loading)
+    await until(pilot, lambda: isinstance(app.screen, ChatScreen) and len(app.screen.columns) == n)
+
+
+async def test_startup_quantizes_missing_format_then_opens_chat(fake, settings):
+    app = QtuiApp(service=fake, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await _ready(app, pilot)
+        assert [lo.name for lo in app.loaded.values()] == ["bf16", "int4-g64-rtn"]
+        job = next(iter(app.jobs.values()))
+        assert job.status == "done" and job.fmt == "int4-g64"
+
+
+async def test_prompt_streams_into_every_column(fake, settings):
+    app = QtuiApp(service=fake, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await _ready(app, pilot)
+        await pilot.click("#prompt")
+        await pilot.press(*"What is the capital of France?", "enter")
+        await until(pilot, lambda: not app.screen.generating)
+        cols = app.screen.query(ChatColumn)
+        assert [c.answer_text for c in cols] == [ANSWERS["bf16"], ANSWERS["int4-g64-rtn"]]
+        for col in cols:
+            assert "tok/s" in str(col.status.render())
+        assert fake.prompts[0][-1]["content"] == "What is the capital of France?"
+        assert app.metrics.tok_s  # the dashboard series got the answers
+
+
+async def test_escape_stops_all_columns_and_returns_the_prompt(fake, settings):
+    fake.token_delay = 0.05
+    app = QtuiApp(service=fake, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await _ready(app, pilot)
+        await pilot.click("#prompt")
+        await pilot.press(*"Tell me a story", "enter")
+        await until(pilot, lambda: any(c.answer_text for c in app.screen.columns))
+        await pilot.press("escape")
+        await until(pilot, lambda: not app.screen.generating)
+        assert app.screen.query_one("#prompt").value == "Tell me a story"
+        assert all(c.result is not None and c.result.stopped for c in app.screen.columns)
+
+
+async def test_stop_one_column_keeps_the_others(fake, settings):
+    fake.token_delay = 0.15
+    app = QtuiApp(service=fake, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await _ready(app, pilot)
+        await pilot.click("#prompt")
+        await pilot.press(*"hello", "enter")
+        await until(pilot, lambda: any(c.answer_text for c in app.screen.columns))
+        first, second = app.screen.columns
+        first.focus()
+        await pilot.press("s")
+        await until(pilot, lambda: not app.screen.generating)
+        assert first.result.stopped and not second.result.stopped
+        assert second.answer_text == ANSWERS["int4-g64-rtn"]
+
+
+async def test_cancelling_a_quantization_leaves_no_variant(fake, settings):
+    fake.release.clear()
+    app = QtuiApp(service=fake, settings=settings, autoload=False)
+    async with app.run_test(size=SIZE) as pilot:
+        job = app.enqueue_quantize("default", "int8", "rtn", "cpu")
+        await until(pilot, fake.quantize_started.is_set)
+        app.cancel_job(job.id)
+        fake.release.set()
+        await until(pilot, lambda: job.status == "cancelled")
+        assert fake.saved == {}
+        queued = app.enqueue_quantize("default", "int8", "rtn", "cpu")
+        other = app.enqueue_quantize("default", "int4-g64", "rtn", "cpu")
+        app.cancel_job(other.id)  # cancelled while still queued: never runs
+        await until(pilot, lambda: queued.status == "done")
+        assert other.status == "cancelled" and list(fake.saved) == ["int8-rtn"]
+
+
+async def test_failing_quantization_becomes_a_notification_and_the_app_carries_on(fake, settings):
+    fake.fail_formats = ("int2-g64",)
+    app = QtuiApp(service=fake, settings=settings, autoload=False)
+    async with app.run_test(size=SIZE) as pilot:
+        bad = app.enqueue_quantize("default", "int2-g64", "rtn", "cpu")
+        good = app.enqueue_quantize("default", "int8", "rtn", "cpu")
+        await until(pilot, lambda: good.status == "done")
+        assert bad.status == "failed" and "simulated failure" in bad.error
+        assert any("simulated failure" in n.message for n in app._notifications)
+        app.switch_to("quantize")
+        await pilot.pause()
+        row = app.screen.query_one(f"#job-{bad.id}")
+        await until(pilot, lambda: "failed" in str(row.query_one(".job-info").render()))
+
+
+async def test_failing_load_becomes_a_notification(fake, settings):
+    fake.fail_load = ("default",)
+    app = QtuiApp(service=fake, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: any("simulated load failure" in n.message for n in app._notifications))
+        await until(pilot, lambda: len(app.loaded) == 1)  # the int4 column still arrives
+        assert isinstance(app.screen, ChatScreen | type(app.get_screen("quantize")))
+
+
+async def test_models_screen_lists_formats_with_sizes_and_queues_quantization(fake, settings):
+    app = QtuiApp(service=fake, settings=settings, autoload=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(
+            pilot, lambda: "114.8 MB" in str(app.screen.query_one("#formats").get_option_at_index(2).prompt)
+        )
+        picker = app.screen.query_one("#formats")
+        assert picker.selected == ["int4-g64"]
+        picker.select("int8")
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: len(app.jobs) == 2 and all(j.status == "done" for j in app.jobs.values()))
+        assert set(fake.saved) == {"int8-rtn", "int4-g64-rtn"}
+        app.switch_to("models")
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: app.screen.query_one("#variants").row_count == 2)
+
+
+async def test_help_lists_every_key_and_dashboard_redraws(fake, settings):
+    app = QtuiApp(service=fake, settings=settings, autoload=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        console = Console(width=200, record=True, file=io.StringIO())
+        console.print(bindings_table(app))
+        text = console.export_text()
+        for key in ("f2", "f5", "escape", "ctrl+e", "ctrl+k"):
+            assert key in text
+        await pilot.press("escape")
+        await pilot.press("f5")
+        await pilot.pause(1.2)
+        assert app.screen.query("SeriesChart")
+
+
+async def test_settings_persist_and_export_writes_markdown_and_json(fake, settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("QTUI_HOME", str(tmp_path / "home"))
+    app = QtuiApp(service=fake, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await _ready(app, pilot)
+        await pilot.press("ctrl+g")
+        field = app.screen.query_one("#set-max_new_tokens")
+        field.value = "3"
+        await pilot.click("#save")
+        assert app.settings.max_new_tokens == 3
+        await pilot.click("#prompt")
+        await pilot.press(*"hi", "enter")
+        await until(pilot, lambda: not app.screen.generating)
+        assert app.screen.columns[0].result.hit_limit
+        await pilot.press("ctrl+e")
+        exports = list((tmp_path / "home" / "data" / "exports").iterdir())
+        assert sorted(p.suffix for p in exports) == [".json", ".md"]
+    from qtui.config import Settings
+
+    assert Settings.load().max_new_tokens == 3
+
+
+def test_first_divergence():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 7]) == 2
+    assert first_divergence([1, 2, 3], [1, 2]) is None
