@@ -257,7 +257,7 @@ def stream(
     t_first = 0.0
     sampler = PeakSampler(cuda=variant.device.type == "cuda")
     with sampler, torch.inference_mode():
-        steps = _cuda_tokens if variant.device.type == "cuda" else _cpu_tokens
+        steps = _cuda_tokens if variant.device.type == "cuda" else decode_token_ids
         tokens = steps(variant, ids, settings, gen, cancel)
         try:
             for token_id in tokens:
@@ -294,8 +294,9 @@ def stream(
     return result
 
 
-def _cpu_tokens(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cancel) -> Iterator[int]:
-    """One prefill (last position's logits only), then one forward per token, dynamic KV cache."""
+def decode_token_ids(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cancel) -> Iterator[int]:
+    """The CPU decode loop: one prefill (last position's logits only), then one forward per token
+    with a dynamic KV cache; yields token ids forever (the caller stops it: EOS, limit, cancel)."""
     from transformers import DynamicCache
 
     model = variant.model

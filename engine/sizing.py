@@ -10,11 +10,13 @@ from engine.quant.pipeline import QuantOptions, targets
 
 
 def _meta_model(folder: Path):
-    from accelerate import init_empty_weights
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder)
-    with init_empty_weights():
+    # torch's device context is thread-local; accelerate's init_empty_weights patches nn.Module
+    # globally and would put a model another thread is loading at that moment on "meta"
+    with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
 
@@ -32,10 +34,20 @@ def estimate_bytes(folder: Path, fmt: FormatSpec, options: QuantOptions = QuantO
     seen: set[int] = set()
     quantized = {} if fmt.is_float else {id(m.weight): m.weight.shape for _, m in targets(model, options)}
     head = model.get_output_embeddings()
-    if getattr(model.config, "tie_word_embeddings", False) and head is not None:
-        seen.add(id(head.weight))  # stored once, as the embeddings
-        quantized.pop(id(head.weight), None)
     total = 0
+    if getattr(model.config, "tie_word_embeddings", False) and head is not None:
+        # Stored once, as the embeddings, unless quantizing either side unties them (the pipeline
+        # then gives the head its own copy). Counted here, whether or not the skeleton shares the
+        # tensor (torch.device("meta") ties it, accelerate's init_empty_weights does not).
+        emb = model.get_input_embeddings().weight
+        seen.update((id(emb), id(head.weight)))
+
+        def size(w, quantize: bool) -> int:
+            return quantized_weight_bytes(tuple(w.shape), fmt) if quantize else w.numel() * 2
+
+        total += size(emb, not fmt.is_float and options.quantize_embeddings)
+        if not fmt.is_float and (options.quantize_embeddings or options.quantize_head):
+            total += size(head.weight, options.quantize_head)
     for param in model.parameters():
         if id(param) in seen:
             continue

@@ -48,6 +48,19 @@ def _noop(done: int, total: int, text: str) -> None:
     pass
 
 
+def preload_libraries() -> None:
+    """Import transformers' lazy classes once, on one thread.
+
+    transformers resolves ``from transformers import AutoConfig`` lazily; two threads doing the
+    first such import at once can fail with "cannot import name". Apps that run the engine in
+    several workers call this first.
+    """
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: F401
+
+    transformers.utils.logging.disable_progress_bar()
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A model qtui can load, before loading it."""

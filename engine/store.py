@@ -261,12 +261,13 @@ def quantized_weight(
 
 def build_model(folder: Path, manifest: dict, tensors: dict[str, torch.Tensor]) -> nn.Module:
     """Rebuild the transformers model skeleton and put the stored tensors in it (no copies)."""
-    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fmt = get_format(manifest["format"]["name"])
     config = AutoConfig.from_pretrained(folder)
-    with init_empty_weights(include_buffers=False):
+    # a skeleton without memory; torch's device context is thread-local, unlike accelerate's
+    # init_empty_weights, which patches nn.Module for every thread (the app loads in workers)
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=fmt.torch_dtype)
     state = dict(tensors)
     for key, desc in manifest["tensors"].items():
@@ -291,7 +292,24 @@ def build_model(folder: Path, manifest: dict, tensors: dict[str, torch.Tensor]) 
         )
     if manifest.get("tied"):
         model.tie_weights()
+    _rebuild_meta_buffers(model, folder)
     return model.eval()
+
+
+def _rebuild_meta_buffers(model: nn.Module, folder: Path) -> None:
+    """Recompute buffers that are not stored (rotary ``inv_freq``): rebuild their module on CPU."""
+    for name, module in list(model.named_modules()):
+        if not any(b.is_meta for b in module.buffers(recurse=False)):
+            continue
+        config = getattr(module, "config", None) or model.config
+        try:
+            fresh = type(module)(config=config)
+        except TypeError as exc:
+            raise StoreError(f"{folder}: cannot rebuild {name} ({type(module).__name__}): {exc}") from exc
+        set_module(model, name, fresh)
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise StoreError(f"{folder}: tensors missing from the variant: {leftover[:3]}")
 
 
 def list_variants(root: Path | None = None) -> list[tuple[Path, dict]]:

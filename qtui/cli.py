@@ -273,7 +273,7 @@ def print_side_by_side(results, prompt: str, width: int | None = None) -> None:
 
 
 def cmd_bench(args) -> int:
-    from engine import benchmark
+    from qtui import benchmark
 
     argv = [
         "--model",
@@ -354,7 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tokens", type=int, default=128)
     b.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--formats", nargs="*")
+    b.add_argument(
+        "--formats", nargs="*", help="e.g. bf16 int8 int4-g64 int4-g64:naive (FMT:BACKEND forces one)"
+    )
+    b.add_argument("--json", dest="json_out", help="also write the rows as JSON to this file")
+    b.add_argument(
+        "--llama-cpp",
+        action="store_true",
+        help="add llama.cpp on the same GGUF (builds llama-cpp-python in a throw-away venv, ~8 min)",
+    )
     b.set_defaults(func=cmd_bench)
 
     a = sub.add_parser("app", help="open the app (default when no command is given)")

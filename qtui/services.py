@@ -76,6 +76,7 @@ class EngineService:
     def __init__(self) -> None:
         from engine import sources
 
+        sources.preload_libraries()  # before any worker thread imports transformers
         self.note = sources.DEFAULT_NOTE
         self._loaded_sources: dict = {}
         self._lock = threading.Lock()

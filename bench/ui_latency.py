@@ -1,0 +1,137 @@
+"""UI responsiveness under load: key press -> screen updated, while 4 columns stream and a
+variant quantizes, on the real engine and the default model.
+
+    python bench/ui_latency.py [--columns default default:int8 default:int4 default:int2]
+                               [--quantize int4-g32] [--tokens 128] [--presses 40]
+
+Variants are made and loaded before the clock starts. Then one prompt goes to every column and
+a quantization job starts; every ``--interval`` seconds a key is typed into the prompt box and
+the time from posting the key event (as the terminal driver does) until the prompt box holds
+the new character and the loop has turned once (when the repaint is scheduled) is recorded.
+Pilot's ``press`` is not used: it waits for the whole message queue to drain, which under a
+stream of tokens measures the stream, not the key. The event-loop lag (how late a 10 ms timer fires) is recorded too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import paths  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def measure(args) -> dict:
+    from textual import events
+
+    from qtui.app import QtuiApp
+    from qtui.config import Settings
+    from qtui.services import EngineService
+
+    settings = Settings(max_new_tokens=args.tokens)
+    app = QtuiApp(service=EngineService(), autoload=False, settings=settings)
+    lags: list[float] = []
+    presses: list[float] = []
+    async with app.run_test(size=(200, 50)) as pilot:
+        for spec in args.columns:
+            await asyncio.to_thread(app._load_now, spec)
+        app.switch_to("chat")
+        chat = app.screen
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if len(chat.columns) == len(args.columns):
+                break
+        assert len(chat.columns) == len(args.columns), (chat, app.screen_stack, list(app.loaded), app.loading)
+
+        stop = asyncio.Event()
+
+        async def lag_probe():
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.01)
+                lags.append(time.perf_counter() - t0 - 0.01)
+
+        probe = asyncio.create_task(lag_probe())
+        job = app.enqueue_quantize("default", args.quantize, "rtn", "cpu")
+        t_start = time.perf_counter()
+        await chat.send(args.prompt)
+        prompt_box = chat.query_one("#prompt")
+        prompt_box.focus()
+        while chat.generating and len(presses) < args.presses:
+            await asyncio.sleep(args.interval)
+            before = prompt_box.value
+            t0 = time.perf_counter()
+            app.post_message(events.Key("x", "x"))  # as the terminal driver delivers a key
+            while prompt_box.value == before:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0)  # the repaint is scheduled on the next loop turn
+            presses.append(time.perf_counter() - t0)
+        while chat.generating:
+            await pilot.pause(0.1)
+        wall = time.perf_counter() - t_start
+        while job.status in ("queued", "running"):
+            await pilot.pause(0.1)
+        stop.set()
+        await probe
+        tokens = sum(c.result.new_tokens for c in chat.columns if c.result)
+        per_column = {c.title: round(c.result.decode_tps, 1) for c in chat.columns if c.result}
+    return {
+        "presses": presses,
+        "lags": lags,
+        "wall": wall,
+        "tokens": tokens,
+        "per_column": per_column,
+        "quant_status": job.status,
+        "quant_s": job.elapsed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument(
+        "--columns", nargs="+", default=["default", "default:int8", "default:int4", "default:int2"]
+    )
+    p.add_argument("--quantize", default="int4-g32")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--presses", type=int, default=40)
+    p.add_argument("--interval", type=float, default=0.2)
+    p.add_argument("--prompt", default="Write a long story about a lighthouse keeper and a storm.")
+    args = p.parse_args(argv)
+    os.environ.setdefault("QTUI_CACHE_DIR", str(paths.cache_dir()))
+    os.environ["QTUI_HOME"] = tempfile.mkdtemp(prefix="qtui-uibench-")
+    r = asyncio.run(measure(args))
+    ms = [x * 1000 for x in r["presses"]]
+    lag = [x * 1000 for x in r["lags"]]
+    print(
+        f"{len(args.columns)} columns streaming {args.tokens} tokens + quantizing {args.quantize} "
+        f"({r['quant_status']}, {r['quant_s']:.1f} s)"
+    )
+    print(
+        f"key press -> screen updated: n={len(ms)} median {statistics.median(ms):.1f} ms, "
+        f"p95 {pct(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
+    )
+    print(
+        f"event-loop lag (10 ms timer): median {statistics.median(lag):.1f} ms, p95 {pct(lag, 0.95):.1f} ms, "
+        f"max {max(lag):.1f} ms"
+    )
+    print(
+        f"generation: {r['tokens']} tokens in {r['wall']:.1f} s wall "
+        f"({r['tokens'] / r['wall']:.1f} tok/s all columns); per column (own clock): {r['per_column']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
