@@ -1,0 +1,1 @@
+"""Evaluation: fidelity to the 16-bit model (KLD / top-1 / PPL); tasks and statistics."""

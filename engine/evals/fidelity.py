@@ -1,0 +1,130 @@
+"""Fidelity to the 16-bit model, measured as llama.cpp's perplexity tool does.
+
+The text is tokenized once and cut into windows of ``ctx`` tokens; every position after the first
+of a window is scored. The reference (16-bit) pass is stored compactly: per position the top-``k``
+log-probabilities (f16) with their token ids, its argmax, and the log-probability of the true
+next token. KL divergence is computed over the ``k`` tokens plus one "rest" bucket holding the
+remaining probability mass: a lower bound of the full-vocabulary KLD (log-sum inequality), exact
+when ``k`` covers the vocabulary. Measured on the default model (vocab 49152) for int4-g64 /
+int2-g64: k=64 gives 80% / 86% of the full KLD, k=1024 96% / 97%, k=4096 99.1% / 99.4%; so
+k=4096 is the default (6 bytes x 4096 per scored token: ~100 MB for 4096 tokens).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class Reference:
+    """Compact reference distributions over the scored positions."""
+
+    token_windows: list[torch.Tensor]  # int64 [ctx] each
+    top_ids: torch.Tensor  # int32 [n, k]
+    top_logp: torch.Tensor  # float16 [n, k]
+    argmax: torch.Tensor  # int64 [n]  the reference's most likely token
+    true_logp: torch.Tensor  # float32 [n]  log p(next token)
+    k: int
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.true_logp.numel())
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    n_tokens: int
+    kld_mean: float
+    kld_p99: float
+    top1_agreement: float  # fraction of positions where argmax matches the reference's
+    ppl: float
+    ppl_ref: float
+
+    @property
+    def ppl_ratio(self) -> float:
+        return self.ppl / self.ppl_ref if self.ppl_ref > 0 else float("nan")
+
+
+def token_windows(tokenizer, text: str, ctx: int = 512, max_tokens: int = 4096) -> list[torch.Tensor]:
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0][: max_tokens + 1]
+    n = (len(ids) - 1) // ctx
+    if n == 0:
+        raise ValueError(f"text too short: {len(ids)} tokens, need at least {ctx + 1}")
+    return [ids[i * ctx : (i + 1) * ctx + 1] for i in range(n)]
+
+
+def _logprobs(model, window: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(input_ids=window[:-1].unsqueeze(0).to(device)).logits[0]
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+def reference(
+    model,
+    windows: list[torch.Tensor],
+    k: int = 4096,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> Reference:
+    tops, logps, trues, argmax = [], [], [], []
+    for i, window in enumerate(windows):
+        if cancel is not None and cancel.is_set():
+            raise InterruptedError("cancelled")
+        lp = _logprobs(model, window)
+        top = lp.topk(min(k, lp.shape[-1]), dim=-1)
+        tops.append(top.indices.to(torch.int32))
+        logps.append(top.values.to(torch.float16))
+        argmax.append(lp.argmax(-1))
+        trues.append(lp.gather(-1, window[1:].unsqueeze(-1)).squeeze(-1))
+        if progress:
+            progress(i + 1, len(windows), "reference logits")
+    return Reference(windows, torch.cat(tops), torch.cat(logps), torch.cat(argmax), torch.cat(trues), k)
+
+
+def kld_topk(ref_ids: torch.Tensor, ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Per-position KL(ref || model) over the reference's top-k tokens plus one rest bucket."""
+    ref_logp = ref_logp.float()
+    p = ref_logp.exp()
+    q_logp = logp.gather(-1, ref_ids.long())
+    kl = (p * (ref_logp - q_logp)).sum(-1)
+    p_rest = (1 - p.sum(-1)).clamp(min=0)
+    q_rest = (1 - q_logp.exp().sum(-1)).clamp(min=1e-12)
+    rest = torch.where(
+        p_rest > 0, p_rest * (p_rest.clamp(min=1e-12).log() - q_rest.log()), torch.zeros_like(p_rest)
+    )
+    return (kl + rest).clamp(min=0)
+
+
+def compare(
+    model, ref: Reference, progress: Progress | None = None, cancel: threading.Event | None = None
+) -> Fidelity:
+    klds, agree, nll = [], [], []
+    offset = 0
+    for i, window in enumerate(ref.token_windows):
+        if cancel is not None and cancel.is_set():
+            raise InterruptedError("cancelled")
+        lp = _logprobs(model, window)
+        n = lp.shape[0]
+        ids, rlp = ref.top_ids[offset : offset + n], ref.top_logp[offset : offset + n]
+        klds.append(kld_topk(ids, rlp, lp))
+        agree.append(lp.argmax(-1) == ref.argmax[offset : offset + n])
+        nll.append(-lp.gather(-1, window[1:].unsqueeze(-1)).squeeze(-1))
+        offset += n
+        if progress:
+            progress(i + 1, len(ref.token_windows), "fidelity")
+    kld = torch.cat(klds)
+    return Fidelity(
+        n_tokens=int(kld.numel()),
+        kld_mean=float(kld.mean()),
+        kld_p99=float(torch.quantile(kld, 0.99)),
+        top1_agreement=float(torch.cat(agree).float().mean()),
+        ppl=float(torch.cat(nll).mean().exp()),
+        ppl_ref=float((-ref.true_logp).mean().exp()),
+    )
