@@ -95,7 +95,7 @@ class QtuiApp(App):
         service: Service | None = None,
         autoload: bool = True,
         settings: Settings | None = None,
-        animate: bool = True,
+        sample_resources: bool = True,
     ) -> None:
         super().__init__()
         self.service = service or EngineService()
@@ -105,7 +105,7 @@ class QtuiApp(App):
         self.loaded: dict[str, Loaded] = {}
         self.loading: dict[str, str] = {}
         self.metrics = Metrics()
-        self.animate = animate
+        self.sampling = sample_resources  # off in snapshot tests (RSS is not deterministic)
 
     # -------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
@@ -121,7 +121,8 @@ class QtuiApp(App):
         ):
             self.install_screen(cls(), name=name)
         self.push_screen("chat" if self.autoload else "models")
-        self.set_interval(1.0, self.sample_resources)
+        if self.sampling:
+            self.set_interval(1.0, self.sample_resources)
         if self.autoload:
             self.bootstrap()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.screen import Screen
-from textual.widgets import Footer, Header
+from textual.widgets import DataTable, Footer, Header
 
 from qtui.widgets.charts import BarChart, SeriesChart
 
@@ -28,6 +28,7 @@ class DashboardScreen(Screen):
                 lambda: {k: v[1] for k, v in m.disk.items()},
                 id="chart-bpw",
             )
+            yield DataTable(id="summary", cursor_type="none", zebra_stripes=True)
         yield Footer()
 
     def _memory_series(self):
@@ -38,6 +39,9 @@ class DashboardScreen(Screen):
         return out
 
     def on_mount(self) -> None:
+        table = self.query_one("#summary", DataTable)
+        for label in ("variant", "tok/s", "ttft ms", "MB disk", "bits/w", "backend"):
+            table.add_column(label, key=label)
         self.set_interval(REDRAW_S, self.redraw)
         self.redraw()
 
@@ -48,3 +52,23 @@ class DashboardScreen(Screen):
             chart.redraw()
         for chart in self.query(BarChart):
             chart.redraw()
+        self._summary()
+
+    def _summary(self) -> None:
+        """Latest figures per loaded variant, the table beside the charts."""
+        m = self.app.metrics
+        table = self.query_one("#summary", DataTable)
+        table.clear()
+        for loaded in self.app.loaded.values():
+            tok = m.tok_s.get(loaded.name)
+            ttft = m.ttft.get(loaded.name)
+            last_tok = f"{tok.snapshot()[-1][1]:.1f}" if tok and len(tok) else "-"
+            last_ttft = f"{ttft.snapshot()[-1][1]:.0f}" if ttft and len(ttft) else "-"
+            table.add_row(
+                loaded.name,
+                last_tok,
+                last_ttft,
+                f"{loaded.bytes_on_disk / 1e6:.1f}",
+                f"{loaded.bits_per_weight:.2f}",
+                loaded.backend,
+            )

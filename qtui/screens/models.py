@@ -75,7 +75,7 @@ class ModelsScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one("#variants", DataTable)
-        for label, width in (("variant", 18), ("method", 6), ("bits/w", 6), ("size", 9)):
+        for label, width in (("variant", 16), ("bits/w", 6), ("size", 9)):
             table.add_column(label, width=width, key=label)
         self.action_refresh()
 
@@ -99,15 +99,14 @@ class ModelsScreen(Screen):
         options = self.query_one("#sources", OptionList)
         options.clear_options()
         for s in sources:
-            options.add_option(Option(f"{s.ref}  [dim]{s.kind}[/]", id=s.ref))
+            options.add_option(Option(f"{s.ref}  [dim]{s.kind}: {s.label}[/]", id=s.ref))
         if settings.model not in [s.ref for s in sources]:
             options.add_option(Option(f"{settings.model}  [dim]path[/]", id=settings.model))
         options.highlighted = next((i for i, s in enumerate(sources) if s.ref == settings.model), 0)
         picker = self.query_one("#formats", SelectionList)
         picker.clear_options()
         for f in formats:
-            label = f"{f.name:14} {f.bits_per_weight:5.2f} b/w"
-            picker.add_option((label, f.name, f.name in settings.formats))
+            picker.add_option((self._format_label(f, None), f.name, f.name in settings.formats))
         self.formats = formats
         self.query_one("#method", Select).set_options([(m, m) for m in methods])
         self.query_one("#method", Select).value = (
@@ -167,9 +166,8 @@ class ModelsScreen(Screen):
         table = self.query_one("#variants", DataTable)
         table.clear()
         for v in found:
-            table.add_row(
-                v.fmt, v.method, f"{v.bits_per_weight:.2f}", human_bytes(v.bytes_on_disk), key=str(v.path)
-            )
+            name = f"{v.fmt} {v.method}"
+            table.add_row(name, f"{v.bits_per_weight:.2f}", human_bytes(v.bytes_on_disk), key=str(v.path))
 
     @work(thread=True, exclusive=True, group="models-sizes", exit_on_error=False)
     def update_sizes(self) -> None:
@@ -187,11 +185,12 @@ class ModelsScreen(Screen):
         chosen = set(picker.selected)
         picker.clear_options()
         for f in self.formats:
-            size = sizes.get(f.name)
-            size_text = human_bytes(size) if size else "?"
-            picker.add_option(
-                (f"{f.name:14} {f.bits_per_weight:5.2f} b/w  ~{size_text}", f.name, f.name in chosen)
-            )
+            picker.add_option((self._format_label(f, sizes.get(f.name)), f.name, f.name in chosen))
+
+    @staticmethod
+    def _format_label(f, size: int | None) -> str:
+        size_text = f"~{human_bytes(size)}" if size else ""
+        return f"{f.name:<13}{f.bits_per_weight:5.2f} b/w {size_text:>9}"
 
     def action_quantize_selected(self) -> None:
         picker = self.query_one("#formats", SelectionList)

@@ -45,6 +45,7 @@ class ChatColumn(Vertical, can_focus=True):
         self.result: GenResult | None = None
         self._stream = None
         self._answer: Markdown | None = None
+        self._stats = Text()
         self.running = False
 
     def compose(self) -> ComposeResult:
@@ -69,6 +70,7 @@ class ChatColumn(Vertical, can_focus=True):
         self.answer_text = ""
         self.result = None
         self.running = True
+        self.remove_class("same-as-baseline")
         await self.body.mount(Static(Text("> " + prompt, style="bold"), classes="col-prompt"))
         self._answer = Markdown("", classes="col-answer")
         await self.body.mount(self._answer)
@@ -99,7 +101,8 @@ class ChatColumn(Vertical, can_focus=True):
             await self._answer.update(result.text)  # catch any text still in flight
         self.answer_text = result.text
         self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": result.text}]
-        self.status.update(self.stats_text(result, weight_bytes))
+        self._stats = self.stats_text(result, weight_bytes)
+        self.status.update(self._stats)
 
     def stats_text(self, result: GenResult, weight_bytes: int) -> Text:
         text = Text()
@@ -112,23 +115,27 @@ class ChatColumn(Vertical, can_focus=True):
             text.append(f" [{flag}]", style="bold reverse red" if flag != "stopped" else "bold yellow")
         return text
 
-    def show_divergence(self, index: int | None, tokenizer_decode=None, total: int = 0) -> None:
+    def show_divergence(self, index: int | None, tokenizer_decode=None) -> None:
         """Highlight where this column's tokens first depart from the baseline column."""
         if self._answer is None or self.result is None:
             return
         if index is None:
             self.add_class("same-as-baseline")
             self._answer.tooltip = "identical to the baseline column"
+            self.status.update(self._stats + Text("  = baseline", style="green"))
             return
+        self.status.update(self._stats + Text(f"  departs at token {index + 1}", style="magenta"))
         prefix = tokenizer_decode(self.token_ids[:index]) if tokenizer_decode else ""
         rest = self.answer_text[len(prefix) :] if self.answer_text.startswith(prefix) else self.answer_text
-        marked = Text(prefix)
-        head, tail = rest[:1] if rest else " ", rest[1:]
-        token_text = tokenizer_decode(self.token_ids[index : index + 1]) if tokenizer_decode else head
-        if rest.startswith(token_text) and token_text:
-            head, tail = token_text, rest[len(token_text) :]
-        marked.append(head, style="bold reverse magenta")
-        marked.append(tail)
+        if not self.answer_text.startswith(prefix):
+            prefix = ""
+        lead = len(rest) - len(rest.lstrip())
+        body = rest[lead:]
+        token = (tokenizer_decode(self.token_ids[index : index + 1]) if tokenizer_decode else "").strip()
+        n = len(token) if token and body.startswith(token) else max(len(body.split(" ")[0]), 1)
+        marked = Text(prefix + rest[:lead])
+        marked.append(body[:n], style="bold reverse magenta")  # the first departing token
+        marked.append(body[n:])
         divergence = Static(marked, classes="col-answer col-diverged")
         divergence.tooltip = f"departs from the baseline at token {index + 1}"
         self._answer.display = False

@@ -127,5 +127,5 @@ class FakeService:
         return gen()
 
     def decode(self, loaded, token_ids):
-        words = ANSWERS.get(loaded.name, "Paris is the answer.").split(" ")
-        return " ".join(words[: len(token_ids)])
+        words = {hash(w) % 1000: w for w in ANSWERS.get(loaded.name, "Paris is the answer.").split(" ")}
+        return " ".join(words.get(i, "?") for i in token_ids)

@@ -10,7 +10,7 @@ from qtui.app import QtuiApp
 from qtui.screens.chat import ChatScreen, first_divergence
 from qtui.screens.help import HelpScreen, bindings_table
 from qtui.widgets.chat_column import ChatColumn
-from tests.ui.conftest import until
+from tests.ui.conftest import formats_ready, until
 from tests.ui.fake_engine import ANSWERS
 
 SIZE = (140, 40)
@@ -119,9 +119,7 @@ async def test_failing_load_becomes_a_notification(fake, settings):
 async def test_models_screen_lists_formats_with_sizes_and_queues_quantization(fake, settings):
     app = QtuiApp(service=fake, settings=settings, autoload=False)
     async with app.run_test(size=SIZE) as pilot:
-        await until(
-            pilot, lambda: "114.8 MB" in str(app.screen.query_one("#formats").get_option_at_index(2).prompt)
-        )
+        await until(pilot, lambda: formats_ready(app))
         picker = app.screen.query_one("#formats")
         assert picker.selected == ["int4-g64"]
         picker.select("int8")

@@ -1,0 +1,119 @@
+"""Snapshot tests of each screen at a fixed size, with timings and resource samples fixed."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.runtime import GenResult
+from qtui.app import QtuiApp
+from qtui.config import Settings
+from qtui.services import Loaded
+from qtui.state import QuantJob
+from tests.ui.conftest import formats_ready, until
+from tests.ui.fake_engine import FakeService
+
+SIZE = (120, 36)
+
+
+@pytest.fixture
+def app(tmp_path):
+    return QtuiApp(
+        service=FakeService(tmp_path), settings=Settings(formats=["int4-g64"]), sample_resources=False
+    )
+
+
+def test_chat_snapshot(snap_compare, app):
+    async def run_before(pilot):
+        await until(pilot, lambda: len(app.loaded) == 2 and len(app.screen.query("ChatColumn")) == 2)
+        await pilot.click("#prompt")
+        await pilot.press(*"What is the capital of France?", "enter")
+        await until(pilot, lambda: not app.screen.generating and all(c.result for c in app.screen.columns))
+        app.jobs.clear()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_models_snapshot(snap_compare, tmp_path):
+    app = QtuiApp(
+        service=FakeService(tmp_path),
+        settings=Settings(formats=["int4-g64"]),
+        autoload=False,
+        sample_resources=False,
+    )
+
+    async def run_before(pilot):
+        await until(pilot, lambda: formats_ready(app))
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_quantize_snapshot(snap_compare, tmp_path):
+    app = QtuiApp(service=FakeService(tmp_path), autoload=False, sample_resources=False)
+
+    async def run_before(pilot):
+        done = QuantJob(
+            "default",
+            "int4-g64",
+            "rtn",
+            "cpu",
+            status="done",
+            done=210,
+            total=210,
+            started=1.0,
+            finished=13.5,
+            bytes_on_disk=114_829_240,
+        )
+        running = QuantJob(
+            "default",
+            "int8",
+            "rtn",
+            "cpu",
+            status="running",
+            done=84,
+            total=210,
+            text="model.layers.12.mlp.down_proj",
+        )
+        failed = QuantJob(
+            "default", "int2-g64", "rtn", "cpu", status="failed", error="disk full while saving"
+        )
+        queued = QuantJob("default", "q1_0_g128", "rtn", "cpu")
+        for job in (done, running, failed, queued):
+            app.jobs[job.id] = job
+        running.started = float("nan")  # elapsed/ETA hidden below: not deterministic
+        app.switch_to("quantize")
+        await until(pilot, lambda: len(app.screen.query("QuantRow")) == 4)
+        running.status = "queued"  # freeze the running row without timings
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_dashboard_snapshot(snap_compare, tmp_path):
+    app = QtuiApp(service=FakeService(tmp_path), autoload=False, sample_resources=False)
+
+    async def run_before(pilot):
+        m = app.metrics
+        for a, b in [(45.0, 78.0), (44.0, 80.0), (46.0, 79.0)]:
+            app.record_answer("bf16", GenResult(decode_tps=a, ttft_s=0.05))
+            app.record_answer("int4-g64-rtn", GenResult(decode_tps=b, ttft_s=0.04))
+        for name in m.tok_s:  # fixed times instead of the clock
+            for series in (m.tok_s[name], m.ttft[name]):
+                series._data = type(series._data)((float(i), v) for i, (_, v) in enumerate(series._data))
+        for i, rss in enumerate([900, 1200, 1250, 1300]):
+            m.rss.append(rss, float(i))
+        m.disk.update({"bf16": (269_000_000, 16.0), "int4-g64-rtn": (114_800_000, 4.375)})
+        app.loaded["default"] = Loaded(
+            "bf16", "dense bfloat16 (torch matmul)", 269_000_000, 269_000_000, 16.0
+        )
+        app.loaded["int4"] = Loaded(
+            "int4-g64-rtn", "int4pack (torch tinygemm int4 kernel)", 116_400_000, 114_800_000, 4.375
+        )
+        app.switch_to("dashboard")
+        await pilot.pause(1.2)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_help_snapshot(snap_compare, tmp_path):
+    app = QtuiApp(service=FakeService(tmp_path), autoload=False, sample_resources=False)
+    assert snap_compare(app, terminal_size=SIZE, press=["f1"])
