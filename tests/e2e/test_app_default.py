@@ -33,8 +33,8 @@ async def test_pick_default_quantize_int4_and_chat(real_cache):
         await until(pilot, lambda: app.screen is chat and len(chat.columns) == 2, timeout=30)
         await pilot.click("#prompt")
         await pilot.press(*"What is the capital of France?", "enter")
-        await until(pilot, lambda: chat.generating, timeout=10)
-        await until(pilot, lambda: not chat.generating, timeout=120)
+        await until(pilot, lambda: all(c.result for c in chat.columns) and not chat.generating, timeout=120)
+
         names = [c.title for c in chat.columns]
         assert names == ["bf16", "int4-g64-rtn"]
         for col in chat.columns:
