@@ -53,7 +53,7 @@ async def measure(args) -> dict:
             await pilot.pause(0.05)
             if len(chat.columns) == len(args.columns):
                 break
-        assert len(chat.columns) == len(args.columns), (chat, app.screen_stack, list(app.loaded), app.loading)
+        assert len(chat.columns) == len(args.columns), [n.message for n in app._notifications]
 
         stop = asyncio.Event()
 
@@ -62,9 +62,15 @@ async def measure(args) -> dict:
                 t0 = time.perf_counter()
                 await asyncio.sleep(0.01)
                 lags.append(time.perf_counter() - t0 - 0.01)
+                if lags[-1] > 0.05:
+                    spikes.append((t0 - t_origin, lags[-1], job.status, chat.generating))
 
-        probe = asyncio.create_task(lag_probe())
+
+        spikes: list[tuple] = []
+        t_origin = time.perf_counter()
         job = app.enqueue_quantize("default", args.quantize, "rtn", "cpu")
+        probe = asyncio.create_task(lag_probe())
+
         t_start = time.perf_counter()
         await chat.send(args.prompt)
         prompt_box = chat.query_one("#prompt")
@@ -87,7 +93,10 @@ async def measure(args) -> dict:
         await probe
         tokens = sum(c.result.new_tokens for c in chat.columns if c.result)
         per_column = {c.title: round(c.result.decode_tps, 1) for c in chat.columns if c.result}
+    for at, lag, status, generating in spikes:
+        print(f"  stall {lag * 1000:.0f} ms at +{at:.2f} s (quantization {status}, generating={generating})")
     return {
+
         "presses": presses,
         "lags": lags,
         "wall": wall,

@@ -142,7 +142,8 @@ def variant_from_model(
     device = torch.device(device) if device is not None else default_device()
     dtype = compute_dtype(fmt, device)
     backends = prepare_model(model, device, dtype, backend)
-    model.eval()
+    model.eval().requires_grad_(False)  # inference only: no autograd bookkeeping anywhere
+
     return Variant(name, model, tokenizer, fmt, device, dtype, backends, folder, manifest)
 
 
@@ -256,7 +257,11 @@ def stream(
     mark = time.perf_counter()
     t_first = 0.0
     sampler = PeakSampler(cuda=variant.device.type == "cuda")
-    with sampler, torch.inference_mode():
+    # No grad/inference-mode context is held across ``yield``: several streams are interleaved on
+    # one thread (chat columns), and thread-local torch modes entered in one generator would leak
+    # into, or be switched off under, the others. Each forward enters its own.
+    with sampler:
+
         steps = _cuda_tokens if variant.device.type == "cuda" else decode_token_ids
         tokens = steps(variant, ids, settings, gen, cancel)
         try:
@@ -303,11 +308,15 @@ def decode_token_ids(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, c
     # transformers 5.x renamed ``past_key_values`` to ``cache``; accept either
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     kwargs = {cache_arg: DynamicCache(config=model.config), "use_cache": True, "logits_to_keep": 1}
-    out = model(input_ids=ids, **kwargs)
-    while True:
+    with torch.inference_mode():
+        out = model(input_ids=ids, **kwargs)
         token = _sample(out.logits[0, -1], s, gen)
+    while True:
         yield token
-        out = model(input_ids=torch.tensor([[token]], device=ids.device), **kwargs)
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([[token]], device=ids.device), **kwargs)
+            token = _sample(out.logits[0, -1], s, gen)
+
 
 
 def _cuda_tokens(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cancel) -> Iterator[int]:

@@ -6,6 +6,7 @@ from state on timers. Nothing long runs on the UI thread.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from functools import partial
@@ -235,7 +236,11 @@ class QtuiApp(App):
         self.call_from_thread(self._loaded_changed)
 
     def _loaded_changed(self) -> None:
+        # Models are large, long-lived object graphs: move them out of the cyclic GC's reach, or
+        # every full collection walks them all and stalls the UI (measured: up to 300 ms pauses)
+        gc.freeze()
         chat = self.get_screen("chat")
+
         if chat.is_mounted:
             chat.sync_columns()
 
@@ -287,6 +292,7 @@ class QtuiApp(App):
                 self.call_from_thread(self._after_bootstrap_job)
         finally:
             job.finished = time.monotonic()
+            gc.freeze()  # what quantizing imported and built stays: keep full GCs short
 
     def _after_bootstrap_job(self) -> None:
         pending = [j for j in self.jobs.values() if j.then_load and j.status in ("queued", "running")]
