@@ -65,7 +65,6 @@ async def measure(args) -> dict:
                 if lags[-1] > 0.05:
                     spikes.append((t0 - t_origin, lags[-1], job.status, chat.generating))
 
-
         spikes: list[tuple] = []
         t_origin = time.perf_counter()
         job = app.enqueue_quantize("default", args.quantize, "rtn", "cpu")
@@ -96,7 +95,6 @@ async def measure(args) -> dict:
     for at, lag, status, generating in spikes:
         print(f"  stall {lag * 1000:.0f} ms at +{at:.2f} s (quantization {status}, generating={generating})")
     return {
-
         "presses": presses,
         "lags": lags,
         "wall": wall,

@@ -261,7 +261,6 @@ def stream(
     # one thread (chat columns), and thread-local torch modes entered in one generator would leak
     # into, or be switched off under, the others. Each forward enters its own.
     with sampler:
-
         steps = _cuda_tokens if variant.device.type == "cuda" else decode_token_ids
         tokens = steps(variant, ids, settings, gen, cancel)
         try:
@@ -316,7 +315,6 @@ def decode_token_ids(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, c
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([[token]], device=ids.device), **kwargs)
             token = _sample(out.logits[0, -1], s, gen)
-
 
 
 def _cuda_tokens(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cancel) -> Iterator[int]:
