@@ -182,13 +182,16 @@ class QtuiApp(App):
         model = self.settings.model
         self._load_now(model)
         saved = {v.fmt: v for v in self._saved(model)}
+        missing = [fmt for fmt in self.settings.formats if fmt not in saved]
         for fmt in self.settings.formats:
             if fmt in saved:
                 self._load_now(str(saved[fmt].path))
-            else:
-                self.call_from_thread(
-                    self.enqueue_quantize, model, fmt, self.settings.method, self.settings.device, True
-                )
+        if not missing:
+            self.service.release_sources()
+        for fmt in missing:
+            self.call_from_thread(
+                self.enqueue_quantize, model, fmt, self.settings.method, self.settings.device, True
+            )
 
     def _saved(self, model: str):
         try:
@@ -213,8 +216,11 @@ class QtuiApp(App):
         self.loading[spec] = "starting"
         self.call_from_thread(self._loaded_changed)
 
+        started = time.monotonic()
+
         def progress(done: int, total: int, text: str) -> None:
-            pct = f" {100 * done / total:.0f}%" if total else ""
+            # one-step stages (converting, loading) have no fraction: show time spent instead
+            pct = f" {100 * done / total:.0f}%" if total > 1 else f" ({time.monotonic() - started:.0f}s)"
             self.loading[spec] = f"{label}: {text}{pct}"
 
         try:
@@ -261,6 +267,8 @@ class QtuiApp(App):
         while True:
             job = next((j for j in self.jobs.values() if j.status == "queued"), None)
             if job is None:
+                if not self.loading:
+                    self.service.release_sources()  # the float model is not needed to chat
                 return
             self._run_job(job)
 

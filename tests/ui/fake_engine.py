@@ -45,6 +45,7 @@ class FakeService:
         self.release = threading.Event()  # tests may hold quantization until set
         self.release.set()
         self.prompts: list[list[dict]] = []
+        self.released = 0
 
     def sources(self):
         return [ModelSource("default", "default", self.root / "src", "Fake default")]
@@ -129,3 +130,6 @@ class FakeService:
     def decode(self, loaded, token_ids):
         words = {hash(w) % 1000: w for w in ANSWERS.get(loaded.name, "Paris is the answer.").split(" ")}
         return " ".join(words.get(i, "?") for i in token_ids)
+
+    def release_sources(self):
+        self.released += 1
