@@ -147,17 +147,42 @@ def variant_from_model(
     return Variant(name, model, tokenizer, fmt, device, dtype, backends, folder, manifest)
 
 
-def load_variant(folder: Path, device=None, backend: str | None = None, verify: bool = True) -> Variant:
-    """Load a saved variant folder (see :mod:`engine.store`) onto ``device``."""
+_TOKENIZERS: dict[str, object] = {}
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def shared_tokenizer(folder: Path):
+    """One tokenizer object per distinct set of tokenizer files, shared by every variant using it."""
+    import hashlib
+
     from transformers import AutoTokenizer
 
+    h = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        path = Path(folder) / name
+        if path.exists():
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    key = h.hexdigest()
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(folder)
+    return _TOKENIZERS[key]
+
+
+def load_variant(folder: Path, device=None, backend: str | None = None, verify: bool = True) -> Variant:
+    """Load a saved variant folder (see :mod:`engine.store`) onto ``device``."""
     from engine import store
 
     folder = Path(folder)
     manifest = store.read_manifest(folder)
     tensors = store.load_tensors(folder, manifest, verify=verify)
     model = store.build_model(folder, manifest, tensors)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = shared_tokenizer(folder)
+
     fmt = get_format(manifest["format"]["name"])
     name = store.variant_name(fmt, manifest["method"]["name"])
     return variant_from_model(name, model, tokenizer, fmt, device, backend, folder, manifest)

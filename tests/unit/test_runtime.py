@@ -232,3 +232,15 @@ def test_variant_reports_backend_and_weight_bytes(variant, base_model):
     assert 0 < q.weight_bytes() < variant.weight_bytes()
     q.warm_up()
     assert q.warmed  # a no-op on CPU
+
+
+def test_variants_with_the_same_tokenizer_files_share_one_tokenizer(tmp_path, tiny_tokenizer):
+    from engine.runtime import shared_tokenizer
+
+    for name in ("a", "b"):
+        tiny_tokenizer.save_pretrained(tmp_path / name)
+    assert shared_tokenizer(tmp_path / "a") is shared_tokenizer(tmp_path / "b")
+    (tmp_path / "b" / "tokenizer_config.json").write_text(
+        (tmp_path / "b" / "tokenizer_config.json").read_text().replace("}", ', "model_max_length": 7}', 1)
+    )
+    assert shared_tokenizer(tmp_path / "a") is not shared_tokenizer(tmp_path / "b")
