@@ -292,12 +292,14 @@ class QtuiApp(App):
                 timeout=10,
             )
         else:
+            # a cancel that arrives after the last layer is too late: the variant is saved whole
             job.status, job.bytes_on_disk = "done", info.bytes_on_disk
-            if job.cancel.is_set():
-                job.status = "done"  # finished before the cancel took effect; it is saved whole
             if job.then_load:
                 self._load_now(str(info.path))
                 self.call_from_thread(self._after_bootstrap_job)
+            else:
+                self.call_from_thread(self._job_saved, job)
+
         finally:
             job.finished = time.monotonic()
             gc.freeze()  # what quantizing imported and built stays: keep full GCs short
@@ -307,7 +309,14 @@ class QtuiApp(App):
         if not pending and self.screen is self.get_screen("quantize"):
             self.switch_to("chat")
 
+    def _job_saved(self, job: QuantJob) -> None:
+        self.notify(f"{job.label} saved; load it into chat from Models (ctrl+o)", title="Quantized")
+        models = self.get_screen("models")
+        if models.is_mounted:
+            models.refresh_variants()
+
     def cancel_job(self, job_id: int) -> None:
+
         job = self.jobs.get(job_id)
         if job is None or job.status not in ("queued", "running"):
             return

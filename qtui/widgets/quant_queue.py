@@ -23,8 +23,9 @@ class QuantRow(Horizontal, can_focus=True):
     def refresh_job(self) -> None:
         job = self.job
         bar = self.query_one(ProgressBar)
-        if job.total:
-            bar.update(total=job.total, progress=job.done)
+        # never indeterminate (an animated pulse): a job without a count yet shows an empty bar
+        bar.update(total=job.total or 1, progress=job.done if job.total else 0)
+
         info = self.query_one(".job-info", Static)
         self.set_class(job.status == "failed", "failed")
         self.set_class(job.status == "done", "done")
