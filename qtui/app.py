@@ -24,7 +24,7 @@ from qtui.config import Settings
 from qtui.services import EngineService, Loaded, Service
 from qtui.state import Metrics, QuantJob
 
-SCREENS = ("models", "quantize", "chat", "dashboard")
+SCREENS = ("models", "quantize", "chat", "dashboard", "evaluate")
 
 
 class QtuiCommands(Provider):
@@ -47,6 +47,11 @@ class QtuiCommands(Provider):
             ("Quantization queue", "Show progress of every job", partial(app.switch_to, "quantize")),
             ("Chat side by side", "Open the chat columns", partial(app.switch_to, "chat")),
             ("Dashboard", "Live charts: speed, latency, memory, size", partial(app.switch_to, "dashboard")),
+            (
+                "Evaluate",
+                "Accuracy (with intervals) and fidelity to the baseline",
+                partial(app.switch_to, "evaluate"),
+            ),
             (
                 "Export conversation",
                 "Save the chat as Markdown and JSON",
@@ -88,6 +93,13 @@ class QtuiApp(App):
         ),
         Binding("f4", "switch_to('chat')", "Chat", tooltip="Chat with variants side by side", id="app.chat"),
         Binding("f5", "switch_to('dashboard')", "Dashboard", tooltip="Live charts", id="app.dashboard"),
+        Binding(
+            "f6",
+            "switch_to('evaluate')",
+            "Evaluate",
+            tooltip="Accuracy and fidelity of variants",
+            id="app.evaluate",
+        ),
         Binding("ctrl+q", "quit", "Quit", tooltip="Quit qtui", id="app.quit", priority=True),
     ]
 
@@ -106,19 +118,22 @@ class QtuiApp(App):
         self.loaded: dict[str, Loaded] = {}
         self.loading: dict[str, str] = {}
         self.metrics = Metrics()
+        self.eval_results: list = []  # engine.evals TaskResults of this session, newest last
+
         self.sampling = sample_resources  # off in snapshot tests (RSS is not deterministic)
 
     # -------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
         from qtui.screens.chat import ChatScreen
         from qtui.screens.dashboard import DashboardScreen
+        from qtui.screens.evaluate import EvaluateScreen
         from qtui.screens.models import ModelsScreen
         from qtui.screens.quantize import QuantizeScreen
 
         if self.settings.theme in self.available_themes:
             self.theme = self.settings.theme
         for name, cls in zip(
-            SCREENS, (ModelsScreen, QuantizeScreen, ChatScreen, DashboardScreen), strict=True
+            SCREENS, (ModelsScreen, QuantizeScreen, ChatScreen, DashboardScreen, EvaluateScreen), strict=True
         ):
             self.install_screen(cls(), name=name)
         self.push_screen("chat" if self.autoload else "models")
@@ -332,7 +347,24 @@ class QtuiApp(App):
         if result.ttft_s:
             self.metrics.series(self.metrics.ttft, name).append(result.ttft_s * 1000, now)
 
+    def record_eval(self, result) -> None:
+        """Keep an evaluation result and feed the dashboard's accuracy / fidelity charts."""
+        self.eval_results.append(result)
+        if result.mode == "fidelity":
+            self.metrics.fidelity[result.variant] = (
+                result.metrics.get("kld_mean", 0.0),
+                result.accuracy.value,
+            )
+        else:
+            lo, hi = result.accuracy.interval
+            self.metrics.accuracy[f"{result.variant} {result.task}/{result.mode}"] = (
+                result.accuracy.value,
+                lo,
+                hi,
+            )
+
     def export_conversation(self, columns) -> tuple[Path, Path]:
+
         folder = paths.data_dir() / "exports"
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -69,6 +69,17 @@ class Service(Protocol):
     ) -> Generator[Token, None, GenResult]: ...
     def decode(self, loaded: Loaded, token_ids: list[int]) -> str: ...
     def release_sources(self) -> None: ...
+    def eval_tasks(self) -> list[tuple[str, str, tuple[str, ...]]]: ...
+    def evaluate(
+        self,
+        loaded: Loaded,
+        baseline: Loaded | None,
+        task: str,
+        mode: str,
+        limit: int | None,
+        progress: Progress,
+        cancel: threading.Event,
+    ): ...
 
 
 class EngineService:
@@ -192,3 +203,19 @@ class EngineService:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except OSError:
             pass
+
+    def eval_tasks(self):
+        """(name, title, modes) of every registered evaluation task."""
+        from engine.evals.tasks import TASKS
+
+        texts = [("wikitext", "WikiText-2 sample: fidelity text", ("fidelity",)),
+                 ("passages", "built-in passages: fidelity text", ("fidelity",))]  # fmt: skip
+        return [(t.name, t.title, tuple(t.modes)) for t in TASKS.values()] + texts
+
+    def evaluate(self, loaded, baseline, task, mode, limit, progress, cancel):
+        """One variant on one task in one mode (cached by content); fidelity is vs ``baseline``."""
+        from engine.evals import api
+
+        base = baseline.handle if baseline is not None else None
+        subject = api.subject_from_variant(loaded.handle, base)
+        return api.run(subject, task, mode, limit, progress=progress, cancel=cancel)

@@ -63,6 +63,8 @@ class Metrics:
     rss: RingBuffer = field(default_factory=lambda: RingBuffer(600))
     cuda: RingBuffer = field(default_factory=lambda: RingBuffer(600))
     disk: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (bytes, bits/w)
+    accuracy: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # label -> (acc, lo, hi)
+    fidelity: dict[str, tuple[float, float]] = field(default_factory=dict)  # variant -> (KLD, top-1)
 
     def series(self, table: dict[str, RingBuffer], name: str) -> RingBuffer:
         if name not in table:

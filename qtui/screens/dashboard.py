@@ -7,7 +7,7 @@ from textual.containers import Grid
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 
-from qtui.widgets.charts import BarChart, SeriesChart
+from qtui.widgets.charts import BarChart, IntervalChart, SeriesChart
 
 REDRAW_S = 1.0
 
@@ -29,6 +29,15 @@ class DashboardScreen(Screen):
                 id="chart-bpw",
             )
             yield DataTable(id="summary", cursor_type="none", zebra_stripes=True)
+            yield IntervalChart(
+                "accuracy (bars: value, whiskers: 95% interval)", lambda: m.accuracy, id="chart-acc"
+            )
+            yield BarChart(
+                "KL divergence vs baseline (lower is closer)",
+                lambda: {k: v[0] for k, v in m.fidelity.items()},
+                id="chart-kld",
+            )
+
         yield Footer()
 
     def _memory_series(self):
@@ -52,6 +61,9 @@ class DashboardScreen(Screen):
             chart.redraw()
         for chart in self.query(BarChart):
             chart.redraw()
+        for chart in self.query(IntervalChart):
+            chart.redraw()
+
         self._summary()
 
     def _summary(self) -> None:

@@ -12,6 +12,7 @@ from textual.widgets import Static
 
 def bindings_table(app) -> Table:
     from qtui.screens.chat import ChatScreen
+    from qtui.screens.evaluate import EvaluateScreen
     from qtui.screens.models import ModelsScreen
     from qtui.screens.quantize import QuantizeScreen
     from qtui.widgets.chat_column import ChatColumn
@@ -26,7 +27,9 @@ def bindings_table(app) -> Table:
         ("Quantize", QuantizeScreen.BINDINGS),
         ("Chat", ChatScreen.BINDINGS),
         ("Chat column (focused)", ChatColumn.BINDINGS),
+        ("Evaluate", EvaluateScreen.BINDINGS),
     ]
+
     for where, bindings in groups:
         for b in bindings:
             if isinstance(b, Binding):

@@ -46,6 +46,7 @@ class FakeService:
         self.release.set()
         self.prompts: list[list[dict]] = []
         self.released = 0
+        self.fail_tasks: tuple[str, ...] = ()
 
     def sources(self):
         return [ModelSource("default", "default", self.root / "src", "Fake default")]
@@ -133,3 +134,39 @@ class FakeService:
 
     def release_sources(self):
         self.released += 1
+
+    def eval_tasks(self):
+        return [
+            ("knowledge", "built-in general knowledge", ("loglik", "generate")),
+            ("gsm8k", "GSM8K", ("generate",)),
+            ("wikitext", "WikiText-2 sample", ("fidelity",)),
+        ]
+
+    def evaluate(self, loaded, baseline, task, mode, limit, progress, cancel):
+        from engine.evals.results import TaskResult
+
+        if task in self.fail_tasks:
+            raise QtuiError(f"{task}: simulated evaluation failure")
+        n = limit or 100
+        for i in range(n):
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+            progress(i + 1, n, "scoring")
+            time.sleep(self.token_delay)
+        correct = {"bf16": 0.62, "int4-g64-rtn": 0.58}.get(loaded.name, 0.25)
+        metrics = (
+            {"kld_mean": 0.0 if loaded.name == "bf16" else 0.29} if mode == "fidelity" else {"boxed": n // 2}
+        )
+        return TaskResult(
+            loaded.name,
+            "sha256:fake",
+            task,
+            "sha256:task",
+            mode,
+            {"limit": limit},
+            n,
+            int(correct * n),
+            metrics,
+            [],
+            1.5,
+        )

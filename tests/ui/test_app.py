@@ -174,3 +174,57 @@ def test_first_divergence():
     assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
     assert first_divergence([1, 2], [1, 2, 7]) == 2
     assert first_divergence([1, 2, 3], [1, 2]) is None
+
+
+async def _evaluate_screen(app, pilot):
+    await _ready(app, pilot)
+    await pilot.press("f6")
+    screen = app.screen
+    await until(pilot, lambda: screen.query_one("#eval-variants").option_count == 2)
+    return screen
+
+
+async def test_evaluate_runs_every_variant_and_fills_table_and_dashboard(fake, settings):
+    app = QtuiApp(service=fake, settings=settings, sample_resources=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _evaluate_screen(app, pilot)
+        screen.query_one("#eval-limit").value = "50"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: screen.cancel_event is None and len(app.eval_results) == 2)
+        table = screen.query_one("#eval-results")
+        assert table.row_count == 2
+        cells = [str(table.get_row_at(i)[3]) for i in range(2)]
+        assert cells[0].startswith("62.0% [") and "n=50" in cells[0]  # interval shown with n
+        assert set(app.metrics.accuracy) == {"bf16 knowledge/loglik", "int4-g64-rtn knowledge/loglik"}
+        value, lo, hi = app.metrics.accuracy["bf16 knowledge/loglik"]
+        assert lo < value < hi
+
+
+async def test_evaluate_skips_tasks_without_the_mode_and_reports_failures(fake, settings):
+    fake.fail_tasks = ("wikitext",)
+    app = QtuiApp(service=fake, settings=settings, sample_resources=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _evaluate_screen(app, pilot)
+        screen.query_one("#eval-tasks").select("wikitext")
+        screen.query_one("#eval-mode").value = "fidelity"
+        await pilot.press("ctrl+s")
+        await until(
+            pilot,
+            lambda: screen.cancel_event is None and "done" in str(screen.query_one("#eval-status").render()),
+        )
+        messages = [n.message for n in app._notifications]
+        assert any("knowledge: no fidelity mode, skipped" in m for m in messages)
+        assert any("simulated evaluation failure" in m for m in messages)
+
+
+async def test_evaluate_can_be_cancelled(fake, settings):
+    app = QtuiApp(service=fake, settings=settings, sample_resources=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _evaluate_screen(app, pilot)
+        fake.token_delay = 0.02
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: screen.step[0] > 0)
+        await pilot.press("escape")
+        await until(pilot, lambda: screen.cancel_event is None)
+        assert "cancelled" in str(screen.query_one("#eval-status").render())
+        assert len(app.eval_results) < 2

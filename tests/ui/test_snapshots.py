@@ -28,6 +28,8 @@ def test_chat_snapshot(snap_compare, app):
         await pilot.click("#prompt")
         await pilot.press(*"What is the capital of France?", "enter")
         await until(pilot, lambda: not app.screen.generating and all(c.result for c in app.screen.columns))
+        await until(pilot, lambda: app.screen.query(".col-diverged"))  # the divergence marker is mounted
+
         app.jobs.clear()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
@@ -102,6 +104,11 @@ def test_dashboard_snapshot(snap_compare, tmp_path):
         for i, rss in enumerate([900, 1200, 1250, 1300]):
             m.rss.append(rss, float(i))
         m.disk.update({"bf16": (269_000_000, 16.0), "int4-g64-rtn": (114_800_000, 4.375)})
+        m.accuracy.update(
+            {"bf16 arc_easy/loglik": (0.62, 0.55, 0.68), "int4-g64-rtn arc_easy/loglik": (0.58, 0.51, 0.65)}
+        )
+        m.fidelity.update({"int4-g64-rtn": (0.29, 0.66)})
+
         app.loaded["default"] = Loaded(
             "bf16", "dense bfloat16 (torch matmul)", 269_000_000, 269_000_000, 16.0
         )
@@ -117,3 +124,20 @@ def test_dashboard_snapshot(snap_compare, tmp_path):
 def test_help_snapshot(snap_compare, tmp_path):
     app = QtuiApp(service=FakeService(tmp_path), autoload=False, sample_resources=False)
     assert snap_compare(app, terminal_size=SIZE, press=["f1"])
+
+
+def test_evaluate_snapshot(snap_compare, app):
+    async def run_before(pilot):
+        await until(pilot, lambda: len(app.loaded) == 2 and not app.loading)
+        app.jobs.clear()
+        await pilot.press("f6")
+        screen = app.screen
+        await until(pilot, lambda: screen.query_one("#eval-variants").option_count == 2)
+        screen.query_one("#eval-limit").value = "40"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: screen.cancel_event is None and len(app.eval_results) == 2)
+        for row_key in list(screen.query_one("#eval-results").rows):  # the time column is wall time
+            screen.query_one("#eval-results").update_cell(row_key, "time s", "1.5")
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
