@@ -196,7 +196,8 @@ class QtuiApp(App):
         """Load the baseline and the default formats, quantizing those not saved yet."""
         model = self.settings.model
         self._load_now(model)
-        saved = {v.fmt: v for v in self._saved(model)}
+        saved = {v.fmt: v for v in self._saved(model) if v.method == self.settings.method}
+
         missing = [fmt for fmt in self.settings.formats if fmt not in saved]
         for fmt in self.settings.formats:
             if fmt in saved:
@@ -267,9 +268,18 @@ class QtuiApp(App):
 
     # -------------------------------------------------------------------- quantization queue
     def enqueue_quantize(
-        self, source: str, fmt: str, method: str, device: str, then_load: bool = False
+        self,
+        source: str,
+        fmt: str,
+        method: str,
+        device: str,
+        then_load: bool = False,
+        params: dict | None = None,
+        calibration: str = "",
     ) -> QuantJob:
-        job = QuantJob(source, fmt, method, device, then_load=then_load)
+        job = QuantJob(source, fmt, method, device, then_load=then_load, params=params or {},
+                       calibration=calibration)  # fmt: skip
+
         self.jobs[job.id] = job
         self.run_queue()
         if then_load and self.screen is self.get_screen("chat"):
@@ -293,8 +303,16 @@ class QtuiApp(App):
         job.status, job.started = "running", time.monotonic()
         try:
             info = self.service.quantize(
-                job.source, job.fmt, job.method, job.device, job.progress, job.cancel
+                job.source,
+                job.fmt,
+                job.method,
+                job.device,
+                job.progress,
+                job.cancel,
+                job.params,
+                job.calibration,
             )
+
         except Cancelled:
             job.status = "cancelled"
         except Exception as exc:

@@ -14,6 +14,9 @@ class Settings:
     model: str = "default"
     formats: list[str] = field(default_factory=lambda: ["int4-g64"])
     method: str = "rtn"
+    method_params: str = ""  # "KEY=VALUE ..." passed to the method
+    calibration: str = ""  # "" (built-in defaults) or SOURCE[:SAMPLESxSEQ_LEN]
+
     device: str = "cpu"
     max_new_tokens: int = 128
     temperature: float = 0.0

@@ -61,8 +61,17 @@ class Service(Protocol):
     def saved_variants(self, source_ref: str) -> list[VariantInfo]: ...
     def expected_bytes(self, source_ref: str, fmt: str) -> int | None: ...
     def quantize(
-        self, source_ref: str, fmt: str, method: str, device: str, progress: Progress, cancel: threading.Event
+        self,
+        source_ref: str,
+        fmt: str,
+        method: str,
+        device: str,
+        progress: Progress,
+        cancel: threading.Event,
+        params: dict | None = None,
+        calibration: str = "",
     ) -> VariantInfo: ...
+
     def load(self, spec: str, device: str, progress: Progress, cancel: threading.Event) -> Loaded: ...
     def stream(
         self, loaded: Loaded, messages: list[dict], settings: GenSettings, cancel: threading.Event
@@ -155,15 +164,19 @@ class EngineService:
                 self._loaded_sources[ref] = sources.load(ref, progress=progress, cancel=cancel)
             return self._loaded_sources[ref]
 
-    def quantize(self, source_ref, fmt, method, device, progress, cancel) -> VariantInfo:
+    def quantize(
+        self, source_ref, fmt, method, device, progress, cancel, params=None, calibration=""
+    ) -> VariantInfo:
         from engine import store, variants
         from engine.quant.formats import get_format
 
         loaded = self._source(source_ref, progress, cancel)
         spec = get_format(fmt)
         path, _ = variants.quantize_and_save(
-            loaded, spec, method, progress=progress, cancel=cancel, overwrite=True
-        )
+            loaded, spec, method, params=params or None, progress=progress, cancel=cancel, overwrite=True,
+            calibration=parse_calibration(calibration),
+        )  # fmt: skip
+
         m = store.read_manifest(path)
         return VariantInfo(
             path.name, spec.name, method, path, m["bytes_on_disk"], m["bits_per_weight"]["quantized_tensors"]
@@ -219,3 +232,33 @@ class EngineService:
         base = baseline.handle if baseline is not None else None
         subject = api.subject_from_variant(loaded.handle, base)
         return api.run(subject, task, mode, limit, progress=progress, cancel=cancel)
+
+
+def parse_params(text: str) -> dict:
+    """``"damp=0.01 act_order=true"`` -> {"damp": 0.01, "act_order": True} (method parameters)."""
+    from engine.quant.methods import parse_param
+
+    return dict(parse_param(part) for part in text.split())
+
+
+def parse_calibration(text: str):
+    """``""`` (defaults), ``"builtin:16x256"``, ``"notes.txt"`` or ``"notes.txt:32x512"``."""
+    from engine.errors import QtuiError
+    from engine.quant.calibration import CalibrationSpec
+
+    text = text.strip()
+    if not text:
+        return None
+    source, _, shape = (
+        text.rpartition(":") if ":" in text and "x" in text.rsplit(":", 1)[1] else (text, "", "")
+    )
+    spec = CalibrationSpec(source=source or "builtin")
+    if shape:
+        try:
+            samples, seq_len = (int(v) for v in shape.lower().split("x"))
+        except ValueError as exc:
+            raise QtuiError(
+                f"calibration {text!r}: expected SOURCE:SAMPLESxSEQ_LEN, e.g. builtin:16x256"
+            ) from exc
+        spec = CalibrationSpec(source=spec.source, samples=samples, seq_len=seq_len)
+    return spec

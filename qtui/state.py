@@ -32,11 +32,15 @@ class QuantJob:
     error: str = ""
     bytes_on_disk: int = 0
     then_load: bool = False  # load into chat when done (start-up formats)
+    params: dict = field(default_factory=dict)  # method parameters
+    calibration: str = ""  # "" = defaults, or SOURCE[:SAMPLESxSEQ_LEN]
+
     cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
     def label(self) -> str:
-        return f"{self.source}:{self.fmt} ({self.method})"
+        extra = " ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.source}:{self.fmt} ({self.method}{' ' + extra if extra else ''})"
 
     @property
     def elapsed(self) -> float:

@@ -21,6 +21,7 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
+from qtui.services import parse_calibration, parse_params
 from qtui.widgets.chat_column import human_bytes
 
 
@@ -69,7 +70,10 @@ class ModelsScreen(Screen):
                 yield Label("Formats", classes="pane-title")
                 yield SelectionList(id="formats")
                 yield Select([("rtn", "rtn")], id="method", prompt="method", allow_blank=False)
+                yield Input(placeholder="method params: key=value ...", id="method-params")
+                yield Input(placeholder="calibration: builtin:16x256 or FILE[:NxLEN]", id="calibration")
                 yield Select([("cpu", "cpu")], id="device", prompt="device", allow_blank=False)
+
                 yield Button("Quantize selected (ctrl+k)", id="quantize", variant="success")
         yield Footer()
 
@@ -116,6 +120,9 @@ class ModelsScreen(Screen):
         self.query_one("#device", Select).value = (
             settings.device if settings.device in devices else devices[0]
         )
+        self.query_one("#method-params", Input).value = settings.method_params
+        self.query_one("#calibration", Input).value = settings.calibration
+
         self.query_one("#source-note", Static).update(
             self.service.note if settings.model == "default" else ""
         )
@@ -202,12 +209,22 @@ class ModelsScreen(Screen):
         settings.formats = chosen
         settings.method = str(self.query_one("#method", Select).value)
         settings.device = str(self.query_one("#device", Select).value)
+        settings.method_params = self.query_one("#method-params", Input).value.strip()
+        settings.calibration = self.query_one("#calibration", Input).value.strip()
+        try:  # bad input is a message here, not a failed job later
+            params = parse_params(settings.method_params)
+            parse_calibration(settings.calibration)
+        except Exception as exc:
+            self.app.notify(str(exc), title="Quantize", severity="error")
+            return
         settings.save()
         for fmt in chosen:
             if fmt in ("bf16", "f16"):
                 self.app.load_variant(settings.model)
                 continue
-            self.app.enqueue_quantize(settings.model, fmt, settings.method, settings.device)
+            self.app.enqueue_quantize(settings.model, fmt, settings.method, settings.device,
+                                      params=params, calibration=settings.calibration)  # fmt: skip
+
         self.app.switch_to("quantize")
 
     def action_load_selected(self) -> None:

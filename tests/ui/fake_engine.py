@@ -46,6 +46,8 @@ class FakeService:
         self.release.set()
         self.prompts: list[list[dict]] = []
         self.released = 0
+        self.quantize_calls: list[tuple] = []
+
         self.fail_tasks: tuple[str, ...] = ()
 
     def sources(self):
@@ -76,7 +78,9 @@ class FakeService:
             "int2-g64": 86_600_000,
         }.get(fmt)
 
-    def quantize(self, source_ref, fmt, method, device, progress, cancel):
+    def quantize(self, source_ref, fmt, method, device, progress, cancel, params=None, calibration=""):
+        self.quantize_calls.append((fmt, method, params, calibration))
+
         self.quantize_started.set()
         self.release.wait(10)
         path = self.root / "variants" / f"{fmt}-{method}"

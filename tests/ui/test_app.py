@@ -228,3 +228,33 @@ async def test_evaluate_can_be_cancelled(fake, settings):
         await until(pilot, lambda: screen.cancel_event is None)
         assert "cancelled" in str(screen.query_one("#eval-status").render())
         assert len(app.eval_results) < 2
+
+
+async def test_models_screen_passes_method_parameters_and_calibration(fake, settings):
+    app = QtuiApp(service=fake, settings=settings, autoload=False, sample_resources=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: formats_ready(app))
+        app.screen.query_one("#method-params").value = "damp=0.02 act_order=true"
+        app.screen.query_one("#calibration").value = "builtin:8x128"
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
+        assert fake.quantize_calls == [
+            ("int4-g64", "rtn", {"damp": 0.02, "act_order": True}, "builtin:8x128")
+        ]
+        app.switch_to("models")
+        app.screen.query_one("#method-params").value = "damp"  # not KEY=VALUE
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: any("KEY=VALUE" in n.message for n in app._notifications))
+        assert len(app.jobs) == 1
+
+
+def test_parse_calibration():
+    from qtui.services import parse_calibration
+
+    assert parse_calibration("") is None
+    spec = parse_calibration("builtin:8x128")
+    assert (spec.source, spec.samples, spec.seq_len) == ("builtin", 8, 128)
+    spec = parse_calibration("/data/my notes.txt")
+    assert spec.source == "/data/my notes.txt"
+    spec = parse_calibration("/data/notes.jsonl:32x512")
+    assert (spec.source, spec.samples, spec.seq_len) == ("/data/notes.jsonl", 32, 512)
