@@ -22,7 +22,10 @@ class QuantRow(Horizontal, can_focus=True):
 
     def refresh_job(self) -> None:
         job = self.job
+        if not self.query(".job-info") or not self.query(ProgressBar):
+            return  # still composing
         bar = self.query_one(ProgressBar)
+
         # never indeterminate (an animated pulse): a job without a count yet shows an empty bar
         bar.update(total=job.total or 1, progress=job.done if job.total else 0)
 

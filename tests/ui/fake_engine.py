@@ -22,6 +22,14 @@ ANSWERS = {
 }
 
 
+VOCAB: dict[str, int] = {}
+
+
+def token_id(word: str) -> int:
+    """A stable id per word (``hash()`` changes between processes and collides)."""
+    return VOCAB.setdefault(word, len(VOCAB))
+
+
 class FakeService:
     note = "fake engine for tests"
 
@@ -120,7 +128,8 @@ class FakeService:
                     break
                 time.sleep(self.token_delay)
                 t += 0.01
-                result.token_ids.append(hash(word) % 1000)
+                result.token_ids.append(token_id(word))
+
                 yield Token(i, result.token_ids[-1], (" " if i else "") + word, t)
             else:
                 result.finish = "length" if len(words) > settings.max_new_tokens else "eos"
@@ -133,7 +142,7 @@ class FakeService:
         return gen()
 
     def decode(self, loaded, token_ids):
-        words = {hash(w) % 1000: w for w in ANSWERS.get(loaded.name, "Paris is the answer.").split(" ")}
+        words = {i: w for w, i in VOCAB.items()}
         return " ".join(words.get(i, "?") for i in token_ids)
 
     def release_sources(self):

@@ -46,7 +46,7 @@ async def test_prompt_streams_into_every_column(fake, settings):
 
 
 async def test_escape_stops_all_columns_and_returns_the_prompt(fake, settings):
-    fake.token_delay = 0.05
+    fake.token_delay = 0.2  # long enough that Esc lands mid-answer even on a loaded machine
     app = QtuiApp(service=fake, settings=settings)
     async with app.run_test(size=SIZE) as pilot:
         await _ready(app, pilot)
