@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24.1"
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# DISABLE_CUDA=1: hqq (an sdist) otherwise tries to build CUDA kernels while installing
+	DISABLE_CUDA=1 $(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 run: $(STAMP)

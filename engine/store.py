@@ -176,11 +176,32 @@ def _manifest(model, fmt, method, source, report, described, hashes, folder: Pat
         "tied": described["tied"],
         "tensor_sha256": hashes,
         "files": files,
-        "layers": [
-            {"name": r.name, "rel_error": round(r.weight_rel_error, 6), "sqnr_db": round(r.sqnr_db, 3)}
-            for r in (report.layers if report else [])
-        ],
+        "layers": [_layer_entry(r) for r in (report.layers if report else [])],
+        "calibration": report.calibration if report else None,
+        "mixed_precision": (
+            {
+                "keep": report.options.keep_sensitive,
+                "bits": report.options.sensitive_bits,
+                "layers": list(report.kept),
+            }
+            if report and report.options.keep_sensitive
+            else None
+        ),
+        "method_info": report.block_info if report else [],
     }
+
+
+def _finite(x: float | None, digits: int) -> float | None:
+    return round(x, digits) if x is not None and x == x and abs(x) != float("inf") else None
+
+
+def _layer_entry(r) -> dict:
+    """Per-Linear diagnostics: weight error and SQNR, and (calibrated) relative output error."""
+    entry = {"name": r.name, "rel_error": _finite(r.weight_rel_error, 6), "sqnr_db": _finite(r.sqnr_db, 3)}
+    if getattr(r, "out_rel_error", None) is not None:
+        entry["out_rel_error"] = _finite(r.out_rel_error, 6)
+    entry["format"] = r.fmt
+    return entry
 
 
 def _fsync_tree(folder: Path) -> None:

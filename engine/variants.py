@@ -18,6 +18,8 @@ import torch
 
 from engine import sources, store
 from engine.errors import Cancelled, QtuiError
+from engine.quant.calibration import CalibrationSpec
+from engine.quant.calibration import build as build_calibration
 from engine.quant.formats import FormatSpec, get_format
 from engine.quant.methods import get_method
 from engine.quant.pipeline import QuantOptions, QuantReport, quantize_model
@@ -67,8 +69,14 @@ def quantize_and_save(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     overwrite: bool = False,
+    calibration: CalibrationSpec | None = None,
 ) -> tuple[Path, QuantReport | None]:
-    """Quantize ``source`` into ``fmt`` with ``method`` and save it; returns the variant folder."""
+    """Quantize ``source`` into ``fmt`` with ``method`` and save it; returns the variant folder.
+
+    Calibrated methods (and ``options.keep_sensitive``) use ``calibration`` (default: the built-in
+    set, :class:`CalibrationSpec` defaults); passing one makes any method run block by block and
+    record per-Linear output errors.
+    """
     loaded = (
         source
         if isinstance(source, sources.LoadedSource)
@@ -76,6 +84,11 @@ def quantize_and_save(
     )
     meth = get_method(method)
     dest = Path(out) if out else variant_dir(loaded.source, fmt, meth.name)
+    if out is None and options.keep_sensitive:
+        dest = dest.with_name(f"{dest.name}-keep{options.keep_sensitive}x{options.sensitive_bits}")
+    calib = None
+    if not fmt.is_float and (calibration is not None or meth.needs_calibration or options.keep_sensitive):
+        calib = build_calibration(calibration or CalibrationSpec(), loaded.tokenizer)
     # work on a copy so the caller's float model stays usable (cheap for the sizes qtui targets)
     import copy
 
@@ -84,7 +97,7 @@ def quantize_and_save(
     if fmt.is_float:
         model.to(fmt.torch_dtype)
     else:
-        report = quantize_model(model, fmt, meth, params, options, progress, cancel)
+        report = quantize_model(model, fmt, meth, params, options, progress, cancel, calibration=calib)
     if cancel is not None and cancel.is_set():
         raise Cancelled("quantization cancelled; nothing was saved")
     info = {

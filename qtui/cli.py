@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from qtui import cli_eval
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEMO_PROMPT = "What is the capital of France?"
 
@@ -80,13 +82,29 @@ def cmd_models(args) -> int:
 
 def cmd_quantize(args) -> int:
     from engine import sources, variants
+    from engine.quant.calibration import CalibrationSpec
     from engine.quant.formats import get_format
+    from engine.quant.methods import get_method, parse_param
     from engine.quant.pipeline import QuantOptions
 
     sym = None if args.sym is None else args.sym
     fmt = get_format(args.format, args.group_size, sym)
+    get_method(args.method).check_format(fmt)
+    params = dict(parse_param(p) for p in args.method_param)
+    calib = None
+    if args.calib or args.samples or args.seq_len:
+        d = CalibrationSpec()
+        calib = CalibrationSpec(args.calib or d.source, args.samples or d.samples, args.seq_len or d.seq_len)
+    options = QuantOptions(
+        args.quantize_embeddings,
+        args.quantize_head,
+        keep_sensitive=args.keep_sensitive,
+        sensitive_bits=args.sensitive_bits,
+    )
     source = sources.resolve(args.model)
     out = Path(args.out) if args.out else variants.variant_dir(source, fmt, args.method)
+    if not args.out and args.keep_sensitive:
+        out = out.with_name(f"{out.name}-keep{args.keep_sensitive}x{args.sensitive_bits}")
     if (out / "qtui-manifest.json").exists() and not args.force:
         print(f"already saved: {out} (use --force to redo)")
         return EXIT_OK
@@ -99,10 +117,12 @@ def cmd_quantize(args) -> int:
             fmt,
             args.method,
             out,
-            QuantOptions(args.quantize_embeddings, args.quantize_head),
+            options,
+            params=params,
             progress=bar,
             cancel=cancel,
             overwrite=args.force,
+            calibration=calib,
         )
     finally:
         bar.close()
@@ -314,13 +334,37 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model into a saved variant")
     q.add_argument("model", help="default | a HF folder | a .gguf file | a hub id")
     q.add_argument(
-        "--format", "-f", required=True, help="bf16 f16 int8 int4 int2 q1_0_g128 (or int4-g128...)"
+        "--format", "-f", required=True, help="bf16 f16 int8 int4 int2 q1_0_g128 w8a8 (or int4-g128...)"
     )
     q.add_argument("--group-size", "-g", type=int, default=None, help="32, 64, 128 or 256 (int4/int2)")
     sym = q.add_mutually_exclusive_group()
     sym.add_argument("--sym", dest="sym", action="store_true", default=None, help="symmetric grid")
     sym.add_argument("--asym", dest="sym", action="store_false", help="asymmetric (integer zero point)")
-    q.add_argument("--method", default="rtn", help="quantization method (rtn)")
+    q.add_argument(
+        "--method", default="rtn", help="rtn | gptq | awq | hqq | smoothquant (with --format w8a8)"
+    )
+    q.add_argument(
+        "--method-param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method parameter, repeatable (gptq: act_order=true percdamp=0.01; awq: n_grid=20; "
+        "hqq: iters=20; smoothquant: alpha=0.5)",
+    )
+    q.add_argument(
+        "--calib", help="calibration data: builtin (default) or a .txt / .jsonl file (calibrated methods)"
+    )
+    q.add_argument("--samples", type=int, default=None, help="calibration windows (default 16)")
+    q.add_argument("--seq-len", type=int, default=None, help="tokens per calibration window (default 256)")
+    q.add_argument(
+        "--keep-sensitive",
+        type=int,
+        default=0,
+        metavar="K",
+        help="keep the K Linears with the largest output error at --sensitive-bits",
+    )
+    q.add_argument("--sensitive-bits", type=int, choices=(8, 16), default=8, help="8 (int8) or 16 (bf16)")
     q.add_argument("--out", help="variant folder (default: the data folder)")
     q.add_argument("--quantize-embeddings", action="store_true", help="also quantize the token embeddings")
     q.add_argument("--quantize-head", action="store_true", help="also quantize the LM head")
@@ -374,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start on the Models screen without loading the default variants",
     )
     a.set_defaults(func=cmd_app)
+    cli_eval.register(sub)
     return p
 
 

@@ -1,1 +1,14 @@
-"""Evaluation: fidelity to the 16-bit model (KLD / top-1 / PPL); tasks and statistics."""
+"""Evaluation: tasks, log-likelihood / generative / fidelity runs, statistics, result cache.
+
+The API for the CLI and the app is :func:`engine.evals.api.run` (also importable as
+``engine.evals.run``); see docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+
+def run(*args, **kwargs):
+    """:func:`engine.evals.api.run` (imported lazily so ``engine.evals.fidelity`` stays light)."""
+    from engine.evals.api import run as _run
+
+    return _run(*args, **kwargs)

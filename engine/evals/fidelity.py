@@ -128,3 +128,44 @@ def compare(
         ppl=float(torch.cat(nll).mean().exp()),
         ppl_ref=float((-ref.true_logp).mean().exp()),
     )
+
+
+# ------------------------------------------------------------------------------ reference cache
+def save_reference(ref: Reference, path) -> None:
+    """Write a reference compactly (safetensors: int32 ids + f16 log-probs), atomically."""
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "windows": torch.stack(ref.token_windows).contiguous(),
+        "top_ids": ref.top_ids.contiguous(),
+        "top_logp": ref.top_logp.contiguous(),
+        "argmax": ref.argmax.contiguous(),
+        "true_logp": ref.true_logp.contiguous(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"k": str(ref.k)})
+    os.replace(tmp, path)
+
+
+def load_reference(path) -> Reference | None:
+    """The reference stored at ``path``; None when missing or unreadable (it is then recomputed)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            k = int(f.metadata()["k"])
+            t = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception:
+        return None
+    windows = list(t["windows"].unbind(0))
+    return Reference(windows, t["top_ids"], t["top_logp"], t["argmax"], t["true_logp"], k)

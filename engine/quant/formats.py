@@ -64,7 +64,7 @@ class QuantizedWeight:
     @property
     def nbytes(self) -> int:
         total = self.qweight.numel() + self.scales.numel() * 2
-        return total + (self.qzeros.numel() if self.qzeros is not None else 0)
+        return total + (self.qzeros.numel() * self.qzeros.element_size() if self.qzeros is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class FormatSpec:
     mult: int = 1  # code multiplier in w = (mult*q - zero) * scale
     zero_const: float = 0.0  # zero for symmetric grids (ignored when asymmetric)
     description: str = ""
+    zero_dtype: str = "uint8"  # storage of asymmetric zeros: "uint8" (integer) or "float16" (HQQ-style)
 
     @property
     def is_float(self) -> bool:
@@ -99,7 +100,7 @@ class FormatSpec:
         k = in_features or 4096
         group = self.group_for(k)
         n_groups = -(-k // group)
-        per_group = 16 + (8 if not self.symmetric else 0)
+        per_group = 16 + ((16 if self.zero_dtype == "float16" else 8) if not self.symmetric else 0)
         return (P.padded_length(k, group) * self.bits + n_groups * per_group) / k
 
     @property
@@ -134,7 +135,7 @@ class FormatSpec:
             shape=(w.shape[0], w.shape[1]),
             qweight=P.pack(codes, self.bits),
             scales=scales.to(torch.float16).contiguous(),
-            qzeros=None if zeros is None else zeros.to(torch.uint8).contiguous(),
+            qzeros=None if zeros is None else zeros.to(getattr(torch, self.zero_dtype)).contiguous(),
         )
 
     def default_params(
@@ -240,6 +241,41 @@ def _int2(group: int | None, symmetric: bool) -> FormatSpec:
     )
 
 
+def _w8a8(group: int | None, symmetric: bool) -> FormatSpec:
+    if group is not None:
+        raise FormatError("w8a8 is per output channel; it takes no group size")
+    return FormatSpec(
+        "w8a8",
+        "w8a8",
+        8,
+        None,
+        True,
+        "symint",
+        zero_const=128.0,
+        description="int8 weights per output channel x int8 activations per token (dynamic)",
+    )
+
+
+def _float_zero(bits: int):
+    """int4fz / int2fz: asymmetric with an f16 zero per group (HQQ's solution kept exactly)."""
+
+    def build(group: int | None, symmetric: bool) -> FormatSpec:
+        if symmetric:
+            raise FormatError(f"int{bits}fz has a float zero point; it is asymmetric by definition")
+        return FormatSpec(
+            f"int{bits}fz-g{group}",
+            f"int{bits}fz",
+            bits,
+            group,
+            False,
+            "affine",
+            description=f"int{bits}, groups of {group}, f16 scale and f16 zero (float zero, as HQQ finds it)",
+            zero_dtype="float16",
+        )
+
+    return build
+
+
 def _q1(group: int | None, symmetric: bool) -> FormatSpec:
     if group != 128:
         raise FormatError("q1_0 is defined with groups of 128")
@@ -269,6 +305,9 @@ register(_float_family("f16"))
 register(FormatFamily("int8", 8, None, (None,), True, _int8, "int8 per output channel (symmetric)"))
 register(FormatFamily("int4", 4, 64, KERNEL_GROUPS, False, _int4, "int4 group-wise"))
 register(FormatFamily("int2", 2, 64, KERNEL_GROUPS, True, _int2, "int2 group-wise"))
+register(FormatFamily("w8a8", 8, None, (None,), True, _w8a8, "int8 weights x int8 activations"))
+register(FormatFamily("int4fz", 4, 64, KERNEL_GROUPS, False, _float_zero(4), "int4 group-wise, float zero"))
+register(FormatFamily("int2fz", 2, 64, KERNEL_GROUPS, False, _float_zero(2), "int2 group-wise, float zero"))
 register(FormatFamily("q1", 1, 128, (128,), True, _q1, "1-bit sign with mean-|w| scale"))
 
 _ALIASES = {
@@ -321,4 +360,7 @@ def list_format_names() -> list[str]:
         "int2-g64",
         "int2-g64-asym",
         "q1_0_g128",
+        "int4fz-g64",
+        "int2fz-g64",
+        "w8a8",
     ]

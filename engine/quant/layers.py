@@ -116,6 +116,31 @@ def _int8_forward(x: torch.Tensor, b: Buffers, layer: QLinear) -> torch.Tensor:
     return y.reshape(*shape[:-1], -1).to(x.dtype)
 
 
+# ------------------------------------------------------------------------------ w8a8
+def _w8a8_supports(fmt: FormatSpec, device: torch.device) -> bool:
+    return fmt.family == "w8a8" and device.type in ("cpu", "cuda") and hasattr(torch, "_int_mm")
+
+
+def _w8a8_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype) -> Buffers:
+    w8 = (qw.codes().to(torch.int16) - int(qw.fmt.zero_const)).to(torch.int8)
+    # _int_mm takes [k, n] as its second operand; a transposed view of the row-major weight
+    return {"wt": w8.to(device).t(), "s": qw.scales[:, 0].to(device=device, dtype=torch.float32)}
+
+
+def _w8a8_forward(x: torch.Tensor, b: Buffers, layer: QLinear) -> torch.Tensor:
+    """int8 per-token dynamic activations x int8 weights -> int32 (torch._int_mm), then rescale."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).float()
+    sx = x2.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
+    xq = torch.round(x2 / sx).clamp(-127, 127).to(torch.int8)
+    m = xq.shape[0]
+    if x2.device.type == "cuda" and m <= 16:  # cuBLAS int8 GEMM wants more than 16 rows
+        xq = F.pad(xq, (0, 0, 0, 17 - m))
+    acc = torch._int_mm(xq.contiguous(), b["wt"])[:m]
+    y = acc.float() * sx * b["s"]
+    return y.reshape(*shape[:-1], -1).to(x.dtype)
+
+
 # ------------------------------------------------------------------------------ dense / naive
 def _dense_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype) -> Buffers:
     return {"w": qw.dequantize(dtype).to(device)}
@@ -158,6 +183,15 @@ register(
         _int8_supports,
         _int8_prepare,
         _int8_forward,
+    )
+)
+register(
+    Backend(
+        "w8a8",
+        lambda f: "w8a8 (int8 x int8 -> int32, torch._int_mm; activations per token)",
+        _w8a8_supports,
+        _w8a8_prepare,
+        _w8a8_forward,
     )
 )
 register(Backend("int4pack", _int4_label, _int4_supports, _int4_prepare, _int4_forward))

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from engine.errors import Cancelled
+from engine.errors import Cancelled, QtuiError
+from engine.quant.calibration import Calibration
 from engine.quant.formats import FormatSpec, QuantizedWeight
 from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.methods import MethodSpec
@@ -26,6 +27,10 @@ Progress = Callable[[int, int, str], None]
 class QuantOptions:
     quantize_embeddings: bool = False
     quantize_head: bool = False
+    keep_sensitive: int = 0  # keep the k Linears with the largest output error at ...
+    sensitive_bits: int = 8  # ... 8-bit (int8 per channel, RTN) or 16-bit (unquantized)
+    batch_size: int = 8  # calibration windows per forward pass
+    sample_tokens: int = 512  # calibration tokens kept per Linear input for output errors / AWQ
 
 
 @dataclass
@@ -36,6 +41,7 @@ class LayerReport:
     seconds: float
     weight_rel_error: float  # ||W - W_q|| / ||W||
     sqnr_db: float
+    out_rel_error: float | None = None  # ||WX - W_qX|| / ||WX|| on the calibration sample
 
 
 @dataclass
@@ -46,6 +52,9 @@ class QuantReport:
     options: QuantOptions
     seconds: float = 0.0
     layers: list[LayerReport] = field(default_factory=list)
+    calibration: dict | None = None  # Calibration.describe() when calibrated
+    kept: list[str] = field(default_factory=list)  # Linears kept at sensitive_bits (mixed precision)
+    block_info: list[dict] = field(default_factory=list)  # what prepare_block chose, per block
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -94,20 +103,36 @@ def quantize_model(
     options: QuantOptions = QuantOptions(),
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    calibration: Calibration | None = None,
+    device=None,
 ) -> QuantReport:
     """Replace the target modules of ``model`` in place with quantized ones.
 
+    With ``calibration`` (token windows) the model is quantized block by block (see
+    :func:`engine.quant.blocks.quantize_blocks`); without it, weight by weight.
     Raises :class:`Cancelled` between layers when ``cancel`` is set; the model is then partly
     quantized and must be discarded (nothing has been written to disk).
     """
     params = {**method.default_params, **(params or {})}
+    method.check_format(fmt)
+    if calibration is None and (method.needs_calibration or options.keep_sensitive):
+        raise QtuiError(f"{method.name} needs calibration data (and so does --keep-sensitive)")
     report = QuantReport(fmt, method, params, options)
-    todo = targets(model, options)
     if options.quantize_embeddings and model.config.tie_word_embeddings:
         model.config.tie_word_embeddings = False  # the head keeps its own (16-bit) copy
         head = model.get_output_embeddings()
         head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
     start = time.perf_counter()
+    todo = targets(model, options)
+    if calibration is not None:
+        from engine.quant.blocks import quantize_blocks
+
+        report.calibration = calibration.describe()
+        extra = [(n, m) for n, m in todo if not n.startswith("model.layers.")]
+        quantize_blocks(
+            model, fmt, method, params, options, report, calibration.ids, progress, cancel, device
+        )
+        todo = extra
     for i, (name, module) in enumerate(todo):
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"quantization cancelled at {name}")
@@ -124,7 +149,7 @@ def quantize_model(
         set_module(model, name, new)
         report.layers.append(LayerReport(name, qw.shape, fmt.name, time.perf_counter() - t0, rel, sqnr))
     report.seconds = time.perf_counter() - start
-    if progress:
+    if progress and (todo or calibration is None):
         progress(len(todo), len(todo), "done")
     return report
 

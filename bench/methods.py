@@ -1,0 +1,113 @@
+"""Every quantization method x format on the default model: KLD vs bf16, top-1 agreement, time.
+
+python bench/methods.py [--tokens 2048] [--samples 32] [--seq-len 256] [--rows rtn:int4-g64,...]
+                        [--threads 2] [--json OUT]
+
+Run with QTUI_CACHE_DIR pointing at a cache that holds the default model (nothing downloads).
+Fidelity: engine.evals.fidelity over the first --tokens tokens of WikiText-2 test (windows of 512),
+reference = the same model in bf16; quantized models run on their real kernels (prepare_model).
+Calibration: qtui's built-in set (assets/calibration), --samples x --seq-len tokens.
+Times: wall seconds and process CPU seconds (all threads) of quantize_model; on a shared machine the
+CPU seconds are the fairer number (wall on an idle 2-core machine lies between CPU/2 and CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from engine import sources  # noqa: E402
+from engine.evals import fidelity  # noqa: E402
+from engine.quant import calibration as C  # noqa: E402
+from engine.quant.formats import get_format  # noqa: E402
+from engine.quant.methods import get_method  # noqa: E402
+from engine.quant.pipeline import QuantOptions, prepare_model, quantize_model  # noqa: E402
+
+WIKI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wikitext2_test_head.txt"
+DEFAULT_ROWS = (
+    "rtn:int4-g64,hqq:int4-g64,gptq:int4-g64,awq:int4-g64,"
+    "rtn:int2-g64,hqq:int2-g64,gptq:int2-g64,awq:int2-g64,rtn:w8a8,smoothquant:w8a8"
+)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--rows", default=DEFAULT_ROWS)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep-sensitive", type=int, default=0)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded = sources.load(sources.resolve("default"))
+    tok = loaded.tokenizer
+    windows = fidelity.token_windows(tok, WIKI.read_text(), ctx=512, max_tokens=args.tokens)
+    base = copy.deepcopy(loaded.model).to(torch.bfloat16).eval()
+    ref = fidelity.reference(base, windows)
+    del base
+    cal = C.build(C.CalibrationSpec(samples=args.samples, seq_len=args.seq_len), tok)
+    print(
+        f"# qtui methods on {loaded.source.label}: {cpu_name()}, {args.threads} threads, torch {torch.__version__}"
+    )
+    print(f"# fidelity: {ref.top_ids.shape[0]} tokens of {WIKI.name} vs bf16; calibration: {cal.describe()}")
+    print("| method | format | KLD mean | KLD p99 | top-1 agree | PPL ratio | quantize s | CPU s | kernel |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for item in args.rows.split(","):
+        meth_name, fmt_name = item.split(":")
+        fmt, meth = get_format(fmt_name), get_method(meth_name)
+        model = copy.deepcopy(loaded.model)
+        opts = QuantOptions(keep_sensitive=args.keep_sensitive)
+        t0, c0 = time.perf_counter(), time.process_time()
+        use_cal = meth.needs_calibration or args.keep_sensitive
+        quantize_model(model, fmt, meth, options=opts, calibration=cal if use_cal else None)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        labels = prepare_model(model, "cpu", torch.bfloat16)
+        fid = fidelity.compare(model.eval(), ref)
+        kernel = max(labels, key=labels.get).split(" ")[0] if labels else "-"
+        row = dict(
+            method=meth_name,
+            format=fmt.name,
+            kld_mean=fid.kld_mean,
+            kld_p99=fid.kld_p99,
+            top1=fid.top1_agreement,
+            ppl_ratio=fid.ppl_ratio,
+            seconds=seconds,
+            cpu_seconds=cpu,
+            kernel=kernel,
+        )
+        rows.append(row)
+        print(
+            f"| {meth_name} | {fmt.name} | {fid.kld_mean:.4f} | {fid.kld_p99:.3f} | {fid.top1_agreement:.3f} "
+            f"| {fid.ppl_ratio:.3f} | {seconds:.1f} | {cpu:.1f} | {kernel} |",
+            flush=True,
+        )
+        del model
+    if args.json:
+        Path(args.json).write_text(json.dumps({"calibration": cal.describe(), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

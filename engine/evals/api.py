@@ -1,0 +1,298 @@
+"""The evaluation API the CLI and the app call.
+
+    subject = open_subject("default:int4-g64", progress=..., cancel=...)
+    result = run(subject, "arc_easy", mode="loglik", limit=200, progress=..., cancel=...)
+    result.accuracy.text()  -> '61.0% [54.1-67.5] n=200'
+
+:func:`run` returns a :class:`~engine.evals.results.TaskResult`; identical requests (same
+variant content, task content, mode and settings) are answered from the result cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from engine.errors import QtuiError
+from engine.evals import fidelity as fid
+from engine.evals import results as res
+from engine.evals.batchgen import generate_batch
+from engine.evals.data import ASSETS, SHARED_SAMPLES, DataError, file_hash
+from engine.evals.loglik import pick, score_pairs
+from engine.evals.tasks import Task, get_task
+from engine.runtime import Variant
+
+Progress = Callable[[int, int, str], None]
+MODES = ("loglik", "generate", "fidelity")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    max_new_tokens: int = 256  # generate
+    batch_size: int = 8  # generate: prompts per batch
+    system: str | None = None  # generate: system prompt
+    ctx: int = 512  # fidelity: window length
+    k: int = 4096  # fidelity: reference top-k kept
+
+
+@dataclass
+class Subject:
+    """A variant to evaluate, with its content hash and how to get its 16-bit baseline."""
+
+    variant: Variant
+    key: str  # content hash: manifest tensor hashes, or the source hash for the bf16 baseline
+    baseline_key: str  # content hash of the baseline (fidelity reference cache key)
+    baseline: Callable[[], Variant] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+
+def variant_hash(variant: Variant) -> str:
+    """A saved variant's manifest tensor hashes, else a hash of the loaded weights."""
+    cached = getattr(variant, "_qtui_hash", None)
+    if cached:
+        return cached
+    h = hashlib.sha256()
+    if variant.manifest and variant.manifest.get("tensor_sha256"):
+        h.update(json.dumps(variant.manifest["tensor_sha256"], sort_keys=True).encode())
+    else:
+        for name, t in sorted(variant.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    value = f"sha256:{h.hexdigest()}"
+    variant._qtui_hash = value  # type: ignore[attr-defined]
+    return value
+
+
+def subject_from_variant(variant: Variant, baseline: Variant | None = None) -> Subject:
+    """Wrap already-loaded variants (tests, the app): keys are hashes of their weights."""
+    base = baseline if baseline is not None else variant
+    return Subject(variant, variant_hash(variant), variant_hash(base), lambda: base)
+
+
+def open_subject(
+    spec: str,
+    device=None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    loaded_cache: dict | None = None,
+) -> Subject:
+    """Open a SPEC as ``qtui chat`` does (``default``, ``default:int4-g64``, a variant folder)."""
+    from engine import sources, variants
+
+    cache = loaded_cache if loaded_cache is not None else {}
+    progress = progress or _noop
+    parsed = variants.parse_spec(spec)
+    variant = variants.open_spec(parsed, device, progress, cancel, loaded_cache=cache)
+    manifest = variant.manifest or {}
+    if parsed.source is not None:
+        source = parsed.source
+    else:
+        try:
+            source = sources.resolve(manifest.get("source", {}).get("id", ""))
+        except QtuiError:
+            source = None
+
+    def baseline() -> Variant:
+        if source is None:
+            raise QtuiError(f"{spec}: its source model cannot be found, so fidelity has no baseline")
+        return variants.open_spec(variants.Spec(source.ref, source, None), device, progress, cancel, cache)
+
+    src_hash = manifest.get("source", {}).get("hash")
+    if src_hash is None and source is not None and source.ref in cache:
+        src_hash = cache[source.ref].content_hash
+    base_key = f"bf16-of:{src_hash}" if src_hash else None
+    if manifest:
+        key = variant_hash(variant)
+    else:  # a bf16 baseline opened from its source
+        key = base_key or variant_hash(variant)
+        variant._qtui_hash = key  # type: ignore[attr-defined]
+    return Subject(variant, key, base_key or key, baseline)
+
+
+def _noop(done: int, total: int, text: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------ running
+def run(
+    subject: Subject | Variant,
+    task: str | Task,
+    mode: str = "loglik",
+    limit: int | None = None,
+    data: Path | str | None = None,
+    settings: EvalSettings = EvalSettings(),
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    use_cache: bool = True,
+) -> res.TaskResult:
+    """Evaluate one variant on one task in one mode; cached by content."""
+    if isinstance(subject, Variant):
+        subject = subject_from_variant(subject)
+    if mode not in MODES:
+        raise QtuiError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "fidelity":
+        return _fidelity(subject, task if isinstance(task, str) else task.name, limit, data, settings,
+                         progress, cancel, use_cache)  # fmt: skip
+    t = get_task(task) if isinstance(task, str) else task
+    if mode not in t.modes:
+        raise QtuiError(f"task {t.name} has no {mode} mode (it supports: {', '.join(t.modes)})")
+    items, task_hash = t.load(data, limit)
+    used = {"limit": limit, "n": len(items)}
+    if mode == "generate":
+        used |= {"max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
+                 "system": settings.system}  # fmt: skip
+    key = res.cache_key(subject.key, task_hash, mode, used)
+    if use_cache and (hit := res.load_cached(key)):
+        return hit
+    start = time.perf_counter()
+    runner = _loglik if mode == "loglik" else _generate
+    correct, metrics, records = runner(subject.variant, t, items, settings, progress, cancel)
+    result = res.TaskResult(
+        subject.name, subject.key, t.name, task_hash, mode, used, len(items), correct, metrics, records,
+        round(time.perf_counter() - start, 3), res.now(), _machine(subject.variant),
+    )  # fmt: skip
+    res.store(key, result)
+    return result
+
+
+def _machine(variant: Variant) -> str:
+    return f"{res.machine()}; device {variant.device}; backend {variant.backend}"
+
+
+def _loglik(variant, task: Task, items, settings, progress, cancel):
+    pairs, spans = [], []
+    for item in items:
+        context, conts = task.loglik(item)
+        spans.append((len(pairs), len(conts)))
+        pairs += [(context, c) for c in conts]
+    choices = score_pairs(variant.model, variant.tokenizer, pairs, progress=progress, cancel=cancel)
+    correct = correct_norm = 0
+    records = []
+    for item, (first, count) in zip(items, spans, strict=True):
+        scored = choices[first : first + count]
+        acc, norm = pick(scored)
+        correct += acc == item.gold
+        correct_norm += norm == item.gold
+        records.append({"id": item.id, "gold": item.gold, "pred": acc, "pred_norm": norm,
+                        "logprobs": [round(c.logprob, 4) for c in scored]})  # fmt: skip
+    metrics = {"correct_norm": correct_norm, "chance": task.chance, "pairs": len(pairs)}
+    return correct, metrics, records
+
+
+def _generate(variant, task: Task, items, settings: EvalSettings, progress, cancel):
+    prompts = [task.gen_prompt(item) for item in items]
+    order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # similar lengths pad less
+    records: list[dict | None] = [None] * len(items)
+    batch_times = []
+    for start in range(0, len(order), settings.batch_size):
+        batch = order[start : start + settings.batch_size]
+        gens = generate_batch(variant, [prompts[i] for i in batch], settings.max_new_tokens, settings.system,
+                              cancel=cancel)  # fmt: skip
+        batch_times.append((gens[0].batch_seconds, sum(len(g.token_ids) for g in gens)))
+        for i, g in zip(batch, gens, strict=True):
+            s = task.scorer(items[i], g.text)
+            records[i] = {
+                "id": items[i].id, "answer": s.answer, "source": s.source, "correct": s.correct,
+                "correct_strict": s.correct_strict, "em": s.em, "f1": s.f1, "abs_diff": s.abs_diff,
+                "tokens": len(g.token_ids), "finish": g.finish, "looped": g.looped,
+                "empty": not g.text.strip(), "seconds": round(g.seconds, 3), "text": g.text,
+            }  # fmt: skip
+        if progress:
+            progress(min(start + len(batch), len(items)), len(items), f"generating (batch {len(batch)})")
+    recs = [r for r in records if r is not None]
+    metrics = _generation_metrics(recs, batch_times)
+    return sum(r["correct"] for r in recs), metrics, recs
+
+
+def _generation_metrics(recs: list[dict], batch_times: list[tuple[float, int]]) -> dict:
+    count = lambda key, value=True: sum(1 for r in recs if r[key] == value)  # noqa: E731
+    degenerate = sum(1 for r in recs if r["looped"] or r["finish"] == "length" or r["empty"])
+    total_s, total_tok = sum(t for t, _ in batch_times), sum(n for _, n in batch_times)
+    m = {
+        "correct_strict": count("correct_strict"), "boxed": count("source", "boxed"),
+        "fallback": count("source", "fallback"), "no_answer": count("source", "none"),
+        "looped": count("looped"), "hit_limit": count("finish", "length"), "empty": count("empty"),
+        "degenerate": degenerate, "tokens_mean": statistics.fmean(r["tokens"] for r in recs),
+        "tokens_per_s": total_tok / total_s if total_s else 0.0, "generate_seconds": total_s,
+    }  # fmt: skip
+    if any(r["f1"] is not None for r in recs):
+        m["em_mean"] = statistics.fmean(r["em"] for r in recs)
+        m["f1_mean"] = statistics.fmean(r["f1"] for r in recs)
+    diffs = [r["abs_diff"] for r in recs if r["abs_diff"] is not None]
+    if diffs:
+        m["abs_diff_median"] = statistics.median(diffs)
+        m["abs_diff_mean"] = statistics.fmean(diffs)
+    return m
+
+
+# ------------------------------------------------------------------------------ fidelity
+TEXTS = {"wikitext": "wikitext2_test_head.txt"}  # shared sample; "passages": built-in text
+
+
+def text_path(name: str, data: Path | str | None) -> Path:
+    if data is not None:
+        path = Path(data).expanduser()
+    elif name in TEXTS and (SHARED_SAMPLES / TEXTS[name]).exists():
+        path = SHARED_SAMPLES / TEXTS[name]
+    elif name in ("passages", "builtin") or name in TEXTS:
+        path = ASSETS / "passages.txt"  # offline fallback: the built-in suites' passages
+    else:
+        raise DataError(
+            f"fidelity needs a text: --task wikitext, --task passages or --data FILE (got {name!r})"
+        )
+    if not path.is_file():
+        raise DataError(f"{path}: no such text file")
+    return path
+
+
+def _fidelity(subject: Subject, name, limit, data, settings, progress, cancel, use_cache) -> res.TaskResult:
+    path = text_path(name, data)
+    max_tokens = limit or 4096
+    text_hash = file_hash(path)
+    used = {"ctx": settings.ctx, "k": settings.k, "max_tokens": max_tokens, "text": path.name}
+    key = res.cache_key(subject.key, text_hash, "fidelity", used | {"baseline": subject.baseline_key})
+    if use_cache and (hit := res.load_cached(key)):
+        return hit
+    start = time.perf_counter()
+    ref = reference_for(subject, path, text_hash, settings, max_tokens, progress, cancel)
+    f = fid.compare(subject.variant.model, ref, progress, cancel)
+    agree = round(f.top1_agreement * f.n_tokens)
+    metrics = asdict(f) | {"ppl_ratio": f.ppl_ratio, "baseline": subject.baseline_key}
+    result = res.TaskResult(
+        subject.name, subject.key, name, text_hash, "fidelity", used, f.n_tokens, agree, metrics, [],
+        round(time.perf_counter() - start, 3), res.now(), _machine(subject.variant),
+    )  # fmt: skip
+    res.store(key, result)
+    return result
+
+
+def reference_for(subject: Subject, path: Path, text_hash: str, settings: EvalSettings, max_tokens: int,
+                  progress=None, cancel=None) -> fid.Reference:  # fmt: skip
+    """The baseline's reference for this text, from the disk cache or computed once and stored."""
+    blob = f"{subject.baseline_key}|{text_hash}|{settings.ctx}|{settings.k}|{max_tokens}"
+    cache = res.cache_dir() / "references" / f"{hashlib.sha256(blob.encode()).hexdigest()}.safetensors"
+    ref = fid.load_reference(cache)
+    if ref is not None:
+        return ref
+    if subject.baseline is None:
+        raise QtuiError("fidelity needs the 16-bit baseline model and none is available")
+    base = subject.baseline()
+    text = path.read_text(encoding="utf-8")
+    try:
+        windows = fid.token_windows(base.tokenizer, text, settings.ctx, max_tokens)
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from exc
+    ref = fid.reference(base.model, windows, settings.k, progress, cancel)
+    fid.save_reference(ref, cache)
+    return ref

@@ -1,0 +1,245 @@
+"""The block-by-block driver behind :func:`engine.quant.pipeline.quantize_model` with calibration.
+
+1. The calibration windows run through the embeddings; the first decoder block is swapped for a
+   catcher that records its inputs (hidden states plus the keyword arguments transformers passes:
+   attention mask, position ids, rotary ``position_embeddings``) and stops the forward pass.
+2. For each block: it moves to the device in float32; hooks fill one ``LinearStats`` per distinct
+   Linear input while the float block runs over the inputs; the method may rescale the block
+   (``prepare_block``); each Linear is quantized (``MethodSpec.linear``) and replaced by a
+   ``QLinear``; the quantized block then runs over the same inputs to make the next block's inputs.
+   The block goes back to the CPU in its own dtype. Only one block, its activations and its
+   statistics live on the device at a time.
+3. Mixed precision: the ``keep_sensitive`` Linears with the largest output error are re-done at
+   ``sensitive_bits`` (int8 RTN, or the float weight) at the end; only their float weights are kept
+   meanwhile (a bounded heap), never a copy of the model.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+
+import torch
+from torch import nn
+
+from engine.errors import Cancelled
+from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
+from engine.quant.layers import QLinear
+from engine.quant.methods import LinearStats, MethodSpec
+from engine.quant.pipeline import LayerReport, QuantOptions, QuantReport, decoder_layers, set_module
+
+_DROP = ("past_key_values", "past_key_value", "cache", "use_cache", "output_attentions")
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Catcher(nn.Module):
+    def __init__(self, inner: nn.Module, store: list):
+        super().__init__()
+        self.inner = inner
+        self.store = store
+        self.attention_type = getattr(inner, "attention_type", "full_attention")
+
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kw = {k: v for k, v in kwargs.items() if k not in _DROP}
+        self.store.append((hidden.detach(), kw))
+        raise _Stop
+
+
+def _cast(obj, device, dtype=torch.float32):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device=device, dtype=dtype) if obj.is_floating_point() else obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_cast(o, device, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int, device) -> list[tuple]:
+    """(hidden states, kwargs) that the first decoder block receives, one pair per batch."""
+    layers = decoder_layers(model)
+    inner = getattr(model, "model", model)
+    first = layers[0]
+    captured: list = []
+    layers[0] = _Catcher(first, captured)
+    small = [m for m in (getattr(inner, "embed_tokens", None), getattr(inner, "rotary_emb", None)) if m]
+    for m in small:
+        m.to(device)
+    try:
+        for i in range(0, ids.shape[0], batch_size):
+            try:
+                inner(input_ids=ids[i : i + batch_size].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        layers[0] = first
+        for m in small:
+            m.to("cpu")
+    return [(h.to(device, torch.float32), _cast(kw, device)) for h, kw in captured]
+
+
+def _jobs(linears: list[tuple[str, nn.Module]], stats: dict) -> list[list[tuple[str, nn.Module]]]:
+    """Linears grouped by the input they read (same stats object), in forward order."""
+    jobs: dict[int, list] = {}
+    for name, module in linears:
+        st = stats.get(name)
+        key = id(st) if st is not None else id(module)
+        jobs.setdefault(key, []).append((name, module))
+    return list(jobs.values())
+
+
+def _rows(qw: QuantizedWeight, start: int, count: int) -> QuantizedWeight:
+    """Rows ``start:start+count`` of a quantized weight, on the CPU (each Linear's own tensors)."""
+    sl = slice(start, start + count)
+    z = None if qw.qzeros is None else qw.qzeros[sl].contiguous().cpu()
+    return QuantizedWeight(
+        qw.fmt, (count, qw.shape[1]), qw.qweight[sl].contiguous().cpu(), qw.scales[sl].contiguous().cpu(), z
+    )
+
+
+def _hidden(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _weight_errors(w: torch.Tensor, wq: torch.Tensor, x: torch.Tensor) -> tuple[float, float, float]:
+    err = (w - wq).pow(2).sum()
+    power = w.pow(2).sum().clamp(min=1e-30)
+    y = x @ w.t()
+    out = float((x @ (w - wq).t()).norm() / y.norm().clamp(min=1e-30))
+    return float((err / power).sqrt()), float(10 * torch.log10(power / err.clamp(min=1e-30))), out
+
+
+@torch.no_grad()
+def collect_stats(block: nn.Module, inputs: list[tuple], sample_tokens: int) -> dict[str, LinearStats]:
+    """Run ``block`` over ``inputs`` and return {linear name: stats of its input} (shared objects)."""
+    stats: dict[str, LinearStats] = {}
+    seen: dict[tuple, LinearStats] = {}
+    per_batch = -(-sample_tokens // max(len(inputs), 1))
+
+    def record(name: str, x: torch.Tensor) -> None:
+        key = (x.data_ptr(), tuple(x.shape))
+        st = stats.get(name) or seen.get(key)
+        if st is None:
+            st = LinearStats(x.shape[-1], x.device, sample_tokens)
+        stats[name] = st
+        if key not in seen:
+            st.add(x, per_batch)
+            seen[key] = st
+        st.names.append(name) if name not in st.names else None
+
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, name=name: record(name, inp[0]))
+        for name, m in block.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+    try:
+        for h, kw in inputs:
+            seen.clear()
+            block(h, **kw)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return stats
+
+
+def quantize_blocks(
+    model: nn.Module,
+    fmt: FormatSpec,
+    method: MethodSpec,
+    params: dict,
+    options: QuantOptions,
+    report: QuantReport,
+    ids: torch.Tensor,
+    progress=None,
+    cancel: threading.Event | None = None,
+    device=None,
+) -> None:
+    device = torch.device(device or "cpu")
+    layers = decoder_layers(model)
+    total = sum(isinstance(m, nn.Linear) for b in layers for m in b.modules())
+    inputs = capture_inputs(model, ids, options.batch_size, device)
+    kept: list[tuple[float, str, torch.Tensor, int]] = []  # min-heap of the most sensitive so far
+    done = 0
+    for b, block in enumerate(layers):
+        dtype = next(block.parameters()).dtype
+        block.to(device=device, dtype=torch.float32)
+        stats = collect_stats(block, inputs, options.sample_tokens)
+        if method.prepare_block is not None:
+            report.block_info.append({"block": b, **method.prepare_block(block, stats, fmt, params)})
+        linears = [(n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear)]
+        for job in _jobs(linears, stats):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"quantization cancelled at model.layers.{b}.{job[0][0]}")
+            if progress:
+                progress(done, total, f"block {b + 1}/{len(layers)}: {', '.join(n for n, _ in job)}")
+            t0 = time.perf_counter()
+            st = stats.get(job[0][0])
+            weights = [m.weight.detach().float() for _, m in job]
+            # Linears reading one input are quantized as one matrix (rows are independent in
+            # every method here; GPTQ then runs its column loop once for q, k and v)
+            whole = method.linear(torch.cat(weights), st, fmt, params)
+            seconds = (time.perf_counter() - t0) / len(job)
+            x = st.sample if st is not None else torch.zeros(1, weights[0].shape[1], device=device)
+            row = 0
+            for (name, module), w in zip(job, weights, strict=True):
+                full = f"model.layers.{b}.{name}"
+                qw = _rows(whole, row, w.shape[0])
+                row += w.shape[0]
+                rel, sqnr, out = _weight_errors(w, qw.dequantize(torch.float32), x)
+                set_module(block, name, QLinear(qw, module.bias))
+                report.layers.append(LayerReport(full, qw.shape, fmt.name, seconds, rel, sqnr, out))
+                if options.keep_sensitive:
+                    item = (out, full, w.cpu(), len(report.layers) - 1)
+                    if len(kept) < options.keep_sensitive:
+                        heapq.heappush(kept, item)
+                    elif out > kept[0][0]:
+                        heapq.heapreplace(kept, item)
+                done += 1
+        del stats
+        qlinears = [m for m in block.modules() if isinstance(m, QLinear)]
+        for q in qlinears:
+            q.prepare(device, torch.float32, "dense")
+        with torch.no_grad():
+            inputs = [(_hidden(block(h, **kw)), kw) for h, kw in inputs]
+        for q in qlinears:
+            q.backend, q._buffers_k = None, {}
+            if q.bias is not None:
+                q.bias.data = q.bias.data.to("cpu", dtype)
+        block.to(device="cpu", dtype=dtype)
+    del inputs
+    _keep_sensitive(model, kept, options, report)
+    if progress:
+        progress(total, total, "blocks done")
+
+
+def _keep_sensitive(model: nn.Module, kept: list, options: QuantOptions, report: QuantReport) -> None:
+    for out, name, w, index in sorted(kept, reverse=True):
+        old = model.get_submodule(name)
+        bias = old.bias
+        if options.sensitive_bits >= 16:
+            dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+            new: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, dtype=dtype)
+            new.weight.data = w.to(dtype)
+            if bias is not None:
+                new.bias.data = bias.data.to(dtype)
+            new.requires_grad_(False)
+            label, rel, sqnr = "bf16" if dtype == torch.bfloat16 else str(dtype), 0.0, float("inf")
+        else:
+            qw = get_format("int8").quantize(w)
+            new = QLinear(qw, bias)
+            wq = qw.dequantize(torch.float32)
+            err = (w - wq).pow(2).sum()
+            rel = float((err / w.pow(2).sum()).sqrt())
+            sqnr = float(10 * torch.log10(w.pow(2).sum() / err.clamp(min=1e-30)))
+            label = "int8"
+        set_module(model, name, new)
+        layer = report.layers[index]
+        report.layers[index] = LayerReport(name, layer.shape, label, layer.seconds, rel, sqnr, None)
+        report.kept.append(name)
+        report.block_info.append({"kept": name, "out_rel_error_before": round(out, 6)})

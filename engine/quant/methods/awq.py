@@ -1,0 +1,158 @@
+"""AWQ: activation-aware weight quantization (Lin et al., 2023, arXiv:2306.00978).
+
+For each group of Linears that read the same input, a per-input-channel scale
+``s = mean|x|^alpha`` (normalised to geometric mean 1) is searched over ``n_grid`` values of
+``alpha`` in [0, 1]; the one that minimises the Linears' output error ``||W X - Q(W s) s^-1 X||`` on
+the calibration token sample wins. ``W`` is multiplied by ``s`` column-wise and ``1/s`` is folded
+into the layer before (an exact rewrite in float), then the weights are rounded to nearest.
+``alpha = 0`` is RTN itself, so the search never does worse than RTN on the sample.
+
+Scale groups of the Llama / Qwen2 / Qwen3 decoder block (missing modules are skipped):
+
+* ``input_layernorm``          -> q_proj, k_proj, v_proj  (Qwen3's q_norm/k_norm come after the
+  projections; the folded scale cancels exactly inside q_proj/k_proj, tested)
+* ``self_attn.v_proj``         -> o_proj. With grouped-query attention v_proj has fewer outputs than
+  o_proj has inputs (``num_heads / num_kv_heads`` query heads share one value head): the scale is
+  averaged over the heads sharing a value head and repeated back, so it folds into v_proj's rows.
+* ``post_attention_layernorm`` -> gate_proj, up_proj
+* ``mlp.up_proj``              -> down_proj
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine.quant import primitives as P
+from engine.quant.formats import FormatSpec
+from engine.quant.methods import LinearStats, MethodSpec, register
+
+
+@dataclass(frozen=True)
+class ScaleGroup:
+    prev: str  # module whose output is the Linears' input: a norm or a Linear
+    linears: tuple[str, ...]
+
+
+SCALE_GROUPS = (
+    ScaleGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",)),
+    ScaleGroup("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    ScaleGroup("mlp.up_proj", ("mlp.down_proj",)),
+)
+
+
+def _get(block: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return block.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def present_groups(block: nn.Module, stats: dict[str, LinearStats]) -> list[tuple[ScaleGroup, nn.Module]]:
+    out = []
+    for group in SCALE_GROUPS:
+        prev = _get(block, group.prev)
+        if prev is None or any(_get(block, n) is None or n not in stats for n in group.linears):
+            continue
+        if getattr(prev, "weight", None) is None:
+            continue
+        out.append((group, prev))
+    return out
+
+
+def head_tying(prev: nn.Module, in_features: int, block: nn.Module):
+    """For a Linear -> Linear pair whose sizes differ (GQA v_proj -> o_proj): (n_rep, head_dim)."""
+    if not isinstance(prev, nn.Linear) or prev.out_features == in_features:
+        return None
+    attn = _get(block, "self_attn")
+    head_dim = getattr(attn, "head_dim", None)
+    if head_dim is None or in_features % prev.out_features or prev.out_features % head_dim:
+        return False  # cannot be folded: skip this group
+    return in_features // prev.out_features, head_dim
+
+
+def tie_heads(s: torch.Tensor, tying) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale for the consumer's inputs, scale for the producer's outputs) under GQA sharing."""
+    if tying is None:
+        return s, s
+    n_rep, head_dim = tying
+    kv = s.reshape(-1, n_rep, head_dim).mean(dim=1)  # [kv_heads, head_dim]
+    return kv.repeat_interleave(n_rep, dim=0).reshape(-1), kv.reshape(-1)
+
+
+@torch.no_grad()
+def fold_scale(prev: nn.Module, linears: list[nn.Linear], s_in: torch.Tensor, s_prev: torch.Tensor) -> None:
+    """Divide ``prev``'s output by ``s_prev`` and multiply the Linears' input columns by ``s_in``."""
+    if isinstance(prev, nn.Linear):
+        prev.weight.div_(s_prev.to(prev.weight.dtype).unsqueeze(1))
+        if prev.bias is not None:
+            prev.bias.div_(s_prev.to(prev.bias.dtype))
+    else:
+        prev.weight.div_(s_prev.to(prev.weight.dtype))
+    for lin in linears:
+        lin.weight.mul_(s_in.to(lin.weight.dtype).unsqueeze(0))
+
+
+def fake_quantize(w: torch.Tensor, fmt: FormatSpec) -> torch.Tensor:
+    """RTN round trip of ``w`` in float (what ``fmt.quantize(w).dequantize()`` gives, without packing)."""
+    groups, mask = P.grouped(w, fmt.group_for(w.shape[1]))
+    scales, zeros = fmt.default_params(groups, mask)
+    scales = scales.to(torch.float16).float().clamp(min=torch.finfo(torch.float16).tiny).unsqueeze(-1)
+    codes = fmt.encode(groups, scales, zeros)
+    zero = zeros.unsqueeze(-1) if zeros is not None else fmt.zero_const
+    return ((fmt.mult * codes - zero) * scales).reshape(w.shape[0], -1)[:, : w.shape[1]]
+
+
+def output_error(weights: list[torch.Tensor], s: torch.Tensor, x: torch.Tensor, fmt: FormatSpec) -> float:
+    total = 0.0
+    for w in weights:
+        wq = fake_quantize(w * s.unsqueeze(0), fmt) / s.unsqueeze(0)
+        total += float(((w - wq) @ x.t()).pow(2).sum())
+    return total
+
+
+@torch.no_grad()
+def prepare_block(block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSpec, params: dict) -> dict:
+    n_grid = int(params.get("n_grid", 20))
+    chosen = {}
+    for group, prev in present_groups(block, stats):
+        linears = [block.get_submodule(n) for n in group.linears]
+        st = stats[group.linears[0]]
+        tying = head_tying(prev, linears[0].in_features, block)
+        if tying is False:
+            chosen[group.prev] = "skipped (shapes do not fold)"
+            continue
+        x = st.sample
+        x_mean = st.absmean.clamp(min=1e-6)
+        weights = [lin.weight.detach().float() for lin in linears]
+        best_alpha, best_err, best_s = 0.0, float("inf"), None
+        for k in range(n_grid):
+            alpha = k / n_grid
+            s = x_mean.pow(alpha)
+            s = s / (s.max() * s.min()).sqrt()
+            s_in, s_prev = tie_heads(s, tying)
+            err = output_error(weights, s_in, x, fmt)
+            if err < best_err:
+                best_alpha, best_err, best_s = alpha, err, (s_in, s_prev)
+        s_in, s_prev = best_s
+        if best_alpha > 0:
+            fold_scale(prev, linears, s_in, s_prev)
+            st.scale_inputs(s_in)
+        chosen[group.prev] = round(best_alpha, 3)
+    return {"alpha": chosen}
+
+
+AWQ = register(
+    MethodSpec(
+        name="awq",
+        description="AWQ: activation-aware per-channel scales (grid over alpha), folded into the layer before",
+        needs_calibration=True,
+        quantize_weight=lambda w, fmt, params: fmt.quantize(w),
+        prepare_block=prepare_block,
+        default_params={"n_grid": 20},
+        param_help={"n_grid": "number of alpha values tried in [0, 1)"},
+    )
+)

@@ -1,0 +1,51 @@
+"""SmoothQuant W8A8 (Xiao et al., 2022, arXiv:2211.10438).
+
+Activation outliers are migrated into the weights with strength ``alpha`` (default 0.5): for the
+Linears that read a norm's output, ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` per input
+channel (``max|W_j|`` over all those Linears' rows), ``X / s`` is folded into the norm's weight and
+``W * s`` into the Linears. Weights are then rounded to int8 per output channel; at run time the
+``w8a8`` kernel backend quantizes activations to int8 per token, dynamically, and multiplies
+int8 x int8 -> int32 (see ``engine/quant/layers.py``). o_proj and down_proj are not smoothed (their
+inputs have no norm before them), as in the paper's Llama recipe; they still run W8A8.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.quant.formats import FormatSpec
+from engine.quant.methods import LinearStats, MethodSpec, register
+from engine.quant.methods.awq import fold_scale, present_groups
+
+
+@torch.no_grad()
+def prepare_block(block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSpec, params: dict) -> dict:
+    alpha = float(params.get("alpha", 0.5))
+    done = []
+    for group, prev in present_groups(block, stats):
+        if isinstance(prev, nn.Linear):
+            continue
+        linears = [block.get_submodule(n) for n in group.linears]
+        st = stats[group.linears[0]]
+        w_max = torch.stack([lin.weight.detach().abs().float().amax(dim=0) for lin in linears]).amax(dim=0)
+        s = st.absmax.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
+        s = s.clamp(min=1e-5)
+        fold_scale(prev, linears, s, s)
+        st.scale_inputs(s)
+        done.append(group.prev)
+    return {"smoothed": done, "alpha": alpha}
+
+
+SMOOTHQUANT = register(
+    MethodSpec(
+        name="smoothquant",
+        description="SmoothQuant W8A8: outliers migrated into weights, int8 weights x int8 per-token activations",
+        needs_calibration=True,
+        quantize_weight=lambda w, fmt, params: fmt.quantize(w),
+        prepare_block=prepare_block,
+        families=("w8a8",),
+        default_params={"alpha": 0.5},
+        param_help={"alpha": "migration strength: 0 keeps activations as they are, 1 moves all to weights"},
+    )
+)

@@ -1,0 +1,223 @@
+"""The comparison report: Markdown + JSON over variants, from evaluation results.
+
+Tables: accuracy with 95% Wilson intervals per task and mode (and the difference to the 16-bit
+baseline, marked significant only when the intervals do not overlap), retention with its inputs,
+generative format compliance and degenerate answers, fidelity (KLD / top-1 / PPL ratio), size and
+bits per weight, method and parameters, speed (TTFT, tokens/s, speed-up with both times), peak
+memory, the worst layers by weight error, and every variant's answers to fixed prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.evals.results import TaskResult, machine
+from engine.evals.stats import compare_text, retention, speedup
+
+FIXED_PROMPTS = (
+    "What is the capital of France?",
+    "What is 12 + 30? Put the final answer in \\boxed{}.",
+    "Write one sentence about the ocean.",
+)
+
+
+@dataclass
+class VariantInfo:
+    name: str
+    key: str
+    format: str = ""
+    method: str = ""
+    params: dict = field(default_factory=dict)
+    bytes_on_disk: int | None = None
+    weight_bytes: int | None = None
+    bits_per_weight: float | None = None
+    backend: str = ""
+    worst_layers: list[dict] = field(default_factory=list)
+    ttft_s: float | None = None
+    decode_tps: float | None = None
+    tokens_per_answer: float | None = None
+    peak_rss: int | None = None
+    answers: list[str] = field(default_factory=list)
+    flags: list[list[str]] = field(default_factory=list)
+
+
+def variant_info(variant, key: str, n_layers: int = 5) -> VariantInfo:
+    m = variant.manifest or {}
+    layers = sorted(m.get("layers", []), key=lambda r: -r.get("rel_error", 0))[:n_layers]
+    return VariantInfo(
+        name=variant.name,
+        key=key,
+        format=variant.fmt.name,
+        method=m.get("method", {}).get("name", "-"),
+        params=m.get("method", {}).get("params", {}),
+        bytes_on_disk=m.get("bytes_on_disk"),
+        weight_bytes=variant.weight_bytes(),
+        bits_per_weight=m.get("bits_per_weight", {}).get("quantized_tensors", float(variant.fmt.bits)),
+        backend=variant.backend,
+        worst_layers=layers,
+    )
+
+
+def measure_prompts(info: VariantInfo, variant, prompts=FIXED_PROMPTS, max_new_tokens: int = 48, cancel=None):
+    """Answers to the fixed prompts with TTFT, decode tokens/s, tokens per answer, peak RSS."""
+    from engine.runtime import GenSettings, generate
+
+    results = [
+        generate(variant, p, GenSettings(max_new_tokens=max_new_tokens), cancel=cancel) for p in prompts
+    ]
+    info.answers = [r.text for r in results]
+    info.flags = [r.flags for r in results]
+    info.ttft_s = sum(r.ttft_s for r in results) / len(results)
+    rates = [r.decode_tps for r in results if r.decode_tps > 0]
+    info.decode_tps = sum(rates) / len(rates) if rates else None
+    info.tokens_per_answer = sum(r.new_tokens for r in results) / len(results)
+    info.peak_rss = max(r.peak_rss for r in results)
+
+
+# ------------------------------------------------------------------------------ tables
+def _md(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def accuracy_table(results: dict[str, list[TaskResult]], baseline: str | None) -> str:
+    """Variants x (task, mode) accuracies with intervals; loglik also shows acc_norm."""
+    rows = []
+    base = {(r.task, r.mode): r for r in results.get(baseline, [])} if baseline else {}
+    for name, rs in results.items():
+        for r in sorted(rs, key=lambda r: (r.task, r.mode)):
+            if r.mode == "fidelity":
+                continue
+            b = base.get((r.task, r.mode))
+            extra = r.acc_norm.text() if r.mode == "loglik" else r.strict.text()
+            vs = compare_text(r.accuracy, b.accuracy) if b and name != baseline else "-"
+            ret = retention(r.accuracy.value, b.accuracy.value) if b and name != baseline else "-"
+            chance = r.metrics.get("chance")
+            rows.append([name, r.task, r.mode, r.accuracy.text(), extra,
+                         f"{100 * chance:.0f}%" if chance else "-", vs, ret])  # fmt: skip
+    header = ["variant", "task", "mode", "accuracy [95% CI]", "acc_norm (loglik) / boxed-only (generate)",
+              "chance", "vs baseline", "retention"]  # fmt: skip
+    return _md(header, rows)
+
+
+def generation_table(results: dict[str, list[TaskResult]]) -> str:
+    rows = []
+    for name, rs in results.items():
+        for r in sorted(rs, key=lambda r: r.task):
+            if r.mode != "generate":
+                continue
+            m = r.metrics
+            extra = ""
+            if "f1_mean" in m:
+                extra = f"EM {m['em_mean']:.3f} F1 {m['f1_mean']:.3f}"
+            elif "abs_diff_median" in m:
+                extra = f"median abs diff {m['abs_diff_median']:.3g}"
+            rows.append([
+                name, r.task, r.accuracy.text(), r.compliance.text(), f"{m['fallback']}/{r.n}",
+                f"{m['degenerate']}/{r.n} (loop {m['looped']}, limit {m['hit_limit']}, empty {m['empty']})",
+                f"{m['tokens_mean']:.0f}", f"{m['tokens_per_s']:.1f}", extra,
+            ])  # fmt: skip
+    header = ["variant", "task", "accuracy (incl. fallback)", "format compliance (boxed)", "fallback answers",
+              "degenerate", "tokens/answer", "tokens/s", "task metric"]  # fmt: skip
+    return _md(header, rows)
+
+
+def fidelity_table(results: dict[str, list[TaskResult]]) -> str:
+    rows = []
+    for name, rs in results.items():
+        for r in rs:
+            if r.mode != "fidelity":
+                continue
+            m = r.metrics
+            rows.append([name, r.task, str(r.n), f"{m['kld_mean']:.4f}", f"{m['kld_p99']:.3f}",
+                         f"{100 * m['top1_agreement']:.1f}%", f"{m['ppl']:.2f}", f"{m['ppl_ref']:.2f}",
+                         f"{m['ppl_ratio']:.3f}"])  # fmt: skip
+    header = ["variant", "text", "tokens", "KLD mean", "KLD p99", "top-1 agreement", "PPL", "PPL (f16)",
+              "PPL ratio"]  # fmt: skip
+    return _md(header, rows)
+
+
+def variants_table(infos: list[VariantInfo], baseline: str | None) -> str:
+    base = next((i for i in infos if i.name == baseline), None)
+    rows = []
+    for i in infos:
+        speed = "-"
+        if base and i is not base and base.decode_tps and i.decode_tps:
+            speed = speedup(1 / base.decode_tps, 1 / i.decode_tps)
+        params = ", ".join(f"{k}={v}" for k, v in i.params.items()) or "-"
+        rows.append([
+            i.name, i.format, f"{i.method} ({params})", _mb(i.bytes_on_disk), _mb(i.weight_bytes),
+            f"{i.bits_per_weight:.2f}" if i.bits_per_weight else "-", i.backend,
+            f"{1000 * i.ttft_s:.0f} ms" if i.ttft_s is not None else "-",
+            f"{i.decode_tps:.1f}" if i.decode_tps else "-",
+            f"{i.tokens_per_answer:.0f}" if i.tokens_per_answer is not None else "-",
+            _mb(i.peak_rss), speed,
+        ])  # fmt: skip
+    header = ["variant", "format", "method (params)", "on disk", "weights in memory", "bits/weight (quantized)",
+              "kernel", "TTFT", "decode tok/s", "tokens/answer", "peak RSS", "decode time per token vs f16"]  # fmt: skip
+    return _md(header, rows)
+
+
+def answers_section(infos: list[VariantInfo], prompts=FIXED_PROMPTS) -> str:
+    out = []
+    for j, prompt in enumerate(prompts):
+        out.append(f"**{prompt}**\n")
+        rows = []
+        for i in infos:
+            if j < len(i.answers):
+                text = " ".join(i.answers[j].split())[:300].replace("|", "\\|") or "(empty)"
+                flags = f" [{', '.join(i.flags[j])}]" if i.flags[j] else ""
+                rows.append([i.name, text + flags])
+        out.append(_md(["variant", "answer (greedy)"], rows) + "\n")
+    return "\n".join(out)
+
+
+def worst_layers_section(infos: list[VariantInfo]) -> str:
+    rows = []
+    for i in infos:
+        for layer in i.worst_layers:
+            rows.append([i.name, layer["name"], f"{layer['rel_error']:.4f}", f"{layer['sqnr_db']:.1f}"])
+    if not rows:
+        return "(no quantized layers)"
+    return _md(["variant", "layer", "relative weight error", "SQNR dB"], rows)
+
+
+def write_report(
+    out: Path, infos: list[VariantInfo], results: dict[str, list[TaskResult]], baseline: str | None
+) -> tuple[Path, Path]:
+    """Write report.md and report.json into ``out``; returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = sorted({f"{r.task}/{r.mode}: n={r.n}" for rs in results.values() for r in rs})
+    md = [
+        "# qtui comparison report\n",
+        f"Machine: {machine()}\n",
+        f"Baseline: {baseline or '(none)'}. Accuracies show k/n with a 95% Wilson interval; a difference is "
+        "'significant' only when the two intervals do not overlap. Retention = variant / baseline with "
+        "both inputs; 'n/a' when the baseline is 0.\n",
+        "Sample sizes: " + ("; ".join(sizes) if sizes else "(no evaluation results yet: run `qtui eval`)") + "\n",
+        "## Variants\n", variants_table(infos, baseline) + "\n",
+        "## Accuracy\n", accuracy_table(results, baseline) + "\n",
+        "## Generative answers: format compliance and degenerate outputs\n", generation_table(results) + "\n",
+        "## Fidelity to the 16-bit model\n", fidelity_table(results) + "\n",
+        "## Worst layers by weight error\n", worst_layers_section(infos) + "\n",
+        "## Answers to fixed prompts\n", answers_section(infos),
+    ]  # fmt: skip
+    md_path, json_path = out / "report.md", out / "report.json"
+    md_path.write_text("\n".join(md))
+    data = {
+        "machine": machine(),
+        "baseline": baseline,
+        "variants": [i.__dict__ for i in infos],
+        "results": {name: [r.to_json() for r in rs] for name, rs in results.items()},
+        "prompts": list(FIXED_PROMPTS),
+    }
+    json_path.write_text(json.dumps(data, indent=1, default=str))
+    return md_path, json_path
