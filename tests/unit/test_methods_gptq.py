@@ -7,7 +7,7 @@ import torch
 
 from engine.quant.formats import get_format
 from engine.quant.methods import get_method
-from engine.quant.methods.gptq import gptq_quantize
+from engine.quant.methods.gptq import gptq_quantize, group_params, search_params
 
 
 def _data(out_features: int, in_features: int, seed: int = 0):
@@ -27,12 +27,13 @@ def _out_err(w, qw, x) -> float:
     "fmt_name", ["int8", "int4-g64", "int4-g32", "int4-g128-sym", "int2-g64", "int2-g64-asym", "q1_0_g128"]
 )
 @pytest.mark.parametrize("act_order", [False, True])
-def test_gptq_beats_rtn_on_output_error(fmt_name, act_order):
+@pytest.mark.parametrize("mse", [False, True])
+def test_gptq_beats_rtn_on_output_error(fmt_name, act_order, mse):
     # 96 inputs: not a multiple of 64 or 128, so the last group is padded
     w, x = _data(48, 96 if fmt_name != "q1_0_g128" else 160)
     fmt = get_format(fmt_name)
     H = 2 * x.t() @ x / x.shape[0]
-    qg = gptq_quantize(w, H, fmt, blocksize=32, act_order=act_order)
+    qg = gptq_quantize(w, H, fmt, blocksize=32, act_order=act_order, mse=mse)
     qr = fmt.quantize(w)
     assert qg.fmt == fmt and qg.qweight.shape == qr.qweight.shape and qg.scales.shape == qr.scales.shape
     assert _out_err(w, qg, x) < 0.9 * _out_err(w, qr, x)
@@ -59,4 +60,31 @@ def test_dead_inputs_and_damping():
 def test_gptq_is_registered_with_parameters():
     m = get_method("gptq")
     assert m.needs_calibration and m.quantize_linear is not None
-    assert m.default_params == {"blocksize": 32, "percdamp": 0.01, "act_order": False}
+    assert m.default_params == {"blocksize": 32, "percdamp": 0.01, "act_order": False, "mse": "auto"}
+
+
+@pytest.mark.parametrize("fmt_name", ["int4-g64", "int4-g64-sym", "int2-g64", "int2-g64-asym", "q1_0_g128"])
+def test_mse_search_never_loses_to_the_plain_range(fmt_name):
+    # the search includes the unshrunk range (p = 1), so per row its |w - q|^2.4 error is never larger
+    fmt = get_format(fmt_name)
+    cols = torch.randn(200, 64, generator=torch.Generator().manual_seed(3))
+    cols[:, 7] *= 6  # an outlier per row: min/max ranges waste levels on it
+    plain = _group_error(fmt, cols, *group_params(fmt, cols))
+    searched = _group_error(fmt, cols, *search_params(fmt, cols))
+    assert bool((searched <= plain + 1e-6).all())
+    if fmt.grid != "sign":
+        assert float(searched.sum()) < (0.9 if fmt.bits == 2 else 1.0) * float(plain.sum())
+
+
+def _group_error(fmt, cols, scale, zero):
+    # independent of the search's own error: the format's quantize/dequantize with these parameters
+    qw = fmt.quantize(cols, scales=scale.unsqueeze(1), zeros=None if zero is None else zero.unsqueeze(1))
+    return (qw.dequantize() - cols).abs().pow(2.4).sum(1)
+
+
+def test_mse_auto_follows_the_bits():
+    from engine.quant.methods.gptq import _mse_on
+
+    assert _mse_on("auto", get_format("int4-g64")) and _mse_on("auto", get_format("int2-g64"))
+    assert not _mse_on("auto", get_format("int8"))
+    assert _mse_on("true", get_format("int8")) and not _mse_on(False, get_format("int2-g64"))
