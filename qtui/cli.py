@@ -334,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model into a saved variant")
     q.add_argument("model", help="default | a HF folder | a .gguf file | a hub id")
     q.add_argument(
-        "--format", "-f", required=True, help="bf16 f16 int8 int4 int2 q1_0_g128 w8a8 (or int4-g128...)"
+        "--format",
+        "-f",
+        required=True,
+        help="bf16 f16 int8 int4 int2 q1_0_g128 w8a8 int4fz int2fz (or int4-g128...)",
     )
     q.add_argument("--group-size", "-g", type=int, default=None, help="32, 64, 128 or 256 (int4/int2)")
     sym = q.add_mutually_exclusive_group()
