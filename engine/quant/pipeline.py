@@ -115,6 +115,8 @@ def quantize_model(
     """
     params = {**method.default_params, **(params or {})}
     method.check_format(fmt)
+    if method.resolve_params is not None:
+        params = method.resolve_params(fmt, params)
     if calibration is None and (method.needs_calibration or options.keep_sensitive):
         raise QtuiError(f"{method.name} needs calibration data (and so does --keep-sensitive)")
     report = QuantReport(fmt, method, params, options)

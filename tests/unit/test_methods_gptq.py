@@ -88,3 +88,14 @@ def test_mse_auto_follows_the_bits():
     assert _mse_on("auto", get_format("int4-g64")) and _mse_on("auto", get_format("int2-g64"))
     assert not _mse_on("auto", get_format("int8"))
     assert _mse_on("true", get_format("int8")) and not _mse_on(False, get_format("int2-g64"))
+
+
+@pytest.mark.parametrize("fmt_name,expected", [("int4-g32", True), ("int8", False)])
+def test_report_records_the_resolved_mse(tiny_model, fmt_name, expected):
+    from engine.quant import calibration as C
+    from engine.quant.pipeline import quantize_model
+
+    model, tok = tiny_model("llama")
+    cal = C.build(C.CalibrationSpec(samples=2, seq_len=16), tok)
+    report = quantize_model(model, get_format(fmt_name), get_method("gptq"), calibration=cal)
+    assert report.params["mse"] is expected  # "auto" never reaches the manifest

@@ -94,6 +94,9 @@ class MethodSpec:
     prepare_block: PrepareBlock | None = None
     families: tuple[str, ...] | None = None  # format families it accepts (None: every integer one)
     param_help: dict = field(default_factory=dict)
+    # (format, params) -> params with format-dependent values resolved ("auto" -> the value used),
+    # so the manifest records what ran
+    resolve_params: Callable[[FormatSpec, dict], dict] | None = None
 
     def linear(self, weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, params: dict):
         if self.quantize_linear is not None:

@@ -217,7 +217,7 @@ def quantize_linear(weight: torch.Tensor, stats: LinearStats | None, fmt: Format
         blocksize=int(params.get("blocksize", 32)),
         percdamp=float(params.get("percdamp", 0.01)),
         act_order=bool(params.get("act_order", False)),
-        mse=_mse_on(params.get("mse", "auto"), fmt),
+        mse=_mse_on(params.get("mse", "auto"), fmt),  # resolved already when run by quantize_model
         own_h=True,  # the stats' own accumulator, scaled in place: no n x n copy
     )
 
@@ -228,6 +228,7 @@ GPTQ = register(
         description="GPTQ: second-order error feedback from calibration inputs (Frantar et al. 2022)",
         needs_calibration=True,
         quantize_weight=lambda w, fmt, params: fmt.quantize(w),
+        resolve_params=lambda fmt, params: {**params, "mse": _mse_on(params.get("mse", "auto"), fmt)},
         quantize_linear=quantize_linear,
         default_params={"blocksize": 32, "percdamp": 0.01, "act_order": False, "mse": "auto"},
         param_help={
