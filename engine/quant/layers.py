@@ -44,7 +44,60 @@ class Backend:
     automatic: bool = True
 
 
+# Many rows at once (prefill, loglik scoring): torch's CPU int4/int8 weight-only kernels are built
+# for few rows (decoding) and fall behind the bf16 matmul from a few dozen rows on. From
+# ``MANY_ROWS`` rows up, the layer's weight is dequantized to bf16 for that call (one pass over the
+# weight, shared by all rows) and the dense matmul runs. Decoding (1 row) never takes this path.
+# The thresholds are the crossovers bench/prefill.py measured on the default model (2-core EPYC):
+# int8 gains from ~128 rows (128 rows: 78 vs 118 ms), int4 from ~256 (256 rows: 179 vs 215 ms;
+# unpacking the int4 layout costs ~0.5 ns a weight). See bench/RESULTS.md.
+MANY_ROWS = {"int8pack": 128, "int4pack": 256}
+
+
 # ------------------------------------------------------------------------------ int4pack
+_INT4_CPU_BLOCK: list[int | None] = []
+
+
+def int4_cpu_block() -> int | None:
+    """The row-block size of ``_convert_weight_to_int4pack_for_cpu``'s layout (64 with AVX-512, 32
+    with AVX2 in torch's source), found by packing known codes once; None if no block size explains
+    the layout (the many-rows path is then off and the kernel is used for every call)."""
+    if not _INT4_CPU_BLOCK:
+        found = None
+        try:
+            codes = torch.randint(
+                0, 16, (128, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32
+            )
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+            for block in (64, 32, 16, 128):
+                if torch.equal(_unpack_int4_cpu(packed, 128, 64, block).to(torch.int32), codes):
+                    found = block
+                    break
+        except Exception:
+            found = None
+        _INT4_CPU_BLOCK.append(found)
+    return _INT4_CPU_BLOCK[0]
+
+
+def _unpack_int4_cpu(packed: torch.Tensor, n: int, k: int, block: int) -> torch.Tensor:
+    """Codes ``[n, k]`` (uint8) from the CPU int4pack layout: per block of ``block`` rows, ``k``
+    runs of ``block / 2`` bytes; row ``j`` of the block in the low nibble, row ``j + block/2`` high."""
+    p = packed.reshape(n // block, k, block // 2)
+    codes = torch.cat([p & 15, p >> 4], dim=-1)  # [n / block, k, block]
+    return codes.permute(0, 2, 1).reshape(n, k)
+
+
+def _int4_dequantize_cpu(b: Buffers, layer: QLinear) -> torch.Tensor | None:
+    block = int4_cpu_block()
+    n, k = layer.out_features, layer.padded_in
+    if block is None or n % block:
+        return None
+    codes = _unpack_int4_cpu(b["w"], n, k, block).to(torch.bfloat16).view(n, -1, layer.group_size)
+    sz = b["sz"]  # [groups, n, 2]: w = (q - 8) * scale + zero
+    scale, zero = sz[..., 0].t().unsqueeze(-1), sz[..., 1].t().unsqueeze(-1)
+    return codes.sub_(8).mul_(scale).add_(zero).view(n, k)
+
+
 def _int4_offset(fmt: FormatSpec) -> int:
     """Offset c that puts ``mult*q + c`` in the middle of the 0..15 int4 code range."""
     return (16 - (fmt.mult * (fmt.levels - 1) + 1)) // 2
@@ -87,7 +140,11 @@ def _int4_forward(x: torch.Tensor, b: Buffers, layer: QLinear) -> torch.Tensor:
     if layer.padded_in != layer.in_features:
         x2 = F.pad(x2, (0, layer.padded_in - layer.in_features))
     if x2.device.type == "cpu":
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, b["w"], layer.group_size, b["sz"])
+        w = _int4_dequantize_cpu(b, layer) if x2.shape[0] >= MANY_ROWS["int4pack"] else None
+        if w is not None:
+            y = F.linear(x2, w)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, b["w"], layer.group_size, b["sz"])
     else:
         y = torch.ops.aten._weight_int4pack_mm(x2.contiguous(), b["w"], layer.group_size, b["sz"])
     return y.reshape(*shape[:-1], -1).to(x.dtype)
@@ -112,7 +169,10 @@ def _int8_prepare(qw: QuantizedWeight, device: torch.device, dtype: torch.dtype)
 def _int8_forward(x: torch.Tensor, b: Buffers, layer: QLinear) -> torch.Tensor:
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).to(b["s"].dtype)
-    y = torch._weight_int8pack_mm(x2.contiguous(), b["w"], b["s"])
+    if x2.device.type == "cpu" and x2.shape[0] >= MANY_ROWS["int8pack"]:
+        y = F.linear(x2, b["w"].to(x2.dtype) * b["s"].unsqueeze(1))
+    else:
+        y = torch._weight_int8pack_mm(x2.contiguous(), b["w"], b["s"])
     return y.reshape(*shape[:-1], -1).to(x.dtype)
 
 

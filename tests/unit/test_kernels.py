@@ -156,3 +156,35 @@ def test_shape_the_int4_kernel_rejects_falls_back_to_dense(name):
     y = layer(x)
     assert y.shape == (5, 40)
     assert _rel(y, x.double() @ qw.dequantize(torch.float64).T) < BOUND
+
+
+def test_int4_cpu_layout_is_understood():
+    from engine.quant.layers import int4_cpu_block
+
+    assert int4_cpu_block() in (16, 32, 64, 128)  # the many-rows path is live on this machine
+
+
+@pytest.mark.parametrize("name", ["int8", "int4-g64", "int4-g128", "int2-g64", "q1_0_g128"])
+@pytest.mark.parametrize("rows", [1, 255, 300])
+def test_many_rows_path_matches_float64_reference_and_the_kernel(name, rows):
+    # prefill-sized inputs take the dequantize-once bf16 matmul; it must compute the same product
+    from engine.quant import layers
+
+    gen = torch.Generator().manual_seed(21)
+    w = torch.randn(128, K, generator=gen) * 0.05  # 128 rows: whole int4pack row blocks
+    qw = get_format(name).quantize(w)
+    w64 = qw.dequantize(torch.float64)
+    layer = QLinear(qw, None)
+    layer.prepare(CPU, torch.bfloat16)
+    x = torch.randn(rows, K, generator=gen).to(torch.bfloat16)
+    y = layer(x)
+    assert _rel(y, x.double() @ w64.T) < BOUND
+    threshold = layers.MANY_ROWS[layer.backend.name]
+    if rows >= threshold:
+        saved = dict(layers.MANY_ROWS)
+        layers.MANY_ROWS.update({k: 10**9 for k in saved})  # force the kernel for the same rows
+        try:
+            y_kernel = layer(x)
+        finally:
+            layers.MANY_ROWS.update(saved)
+        assert _rel(y, y_kernel.double()) < BOUND
