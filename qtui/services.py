@@ -57,6 +57,7 @@ class Service(Protocol):
     def sources(self) -> list[ModelSource]: ...
     def formats(self) -> list[FormatInfo]: ...
     def methods(self) -> list[str]: ...
+    def method_hint(self, name: str) -> str: ...
     def devices(self) -> list[str]: ...
     def saved_variants(self, source_ref: str) -> list[VariantInfo]: ...
     def expected_bytes(self, source_ref: str, fmt: str) -> int | None: ...
@@ -121,6 +122,18 @@ class EngineService:
 
         get_method("rtn")
         return sorted(METHODS)
+
+    def method_hint(self, name: str) -> str:
+        """One line for the params field: the method's parameters with their defaults."""
+        from engine.quant.methods import get_method
+
+        try:
+            m = get_method(name)
+        except Exception:
+            return "method params: key=value ..."
+        params = " ".join(f"{k}={str(v).lower()}" for k, v in m.default_params.items())
+        calib = "calibrated" if m.needs_calibration else "no calibration"
+        return f"{m.name} ({calib}): {params or 'no parameters'}"
 
     def devices(self) -> list[str]:
         import torch

@@ -129,6 +129,12 @@ class ModelsScreen(Screen):
         self.refresh_variants()
         self.update_sizes()
 
+    @on(Select.Changed, "#method")
+    def _method_chosen(self, event: Select.Changed) -> None:
+        # the params field shows the chosen method's parameters and defaults while it is empty
+        if event.value is not Select.BLANK:
+            self.query_one("#method-params", Input).placeholder = self.service.method_hint(str(event.value))
+
     @on(OptionList.OptionSelected, "#sources")
     @on(OptionList.OptionHighlighted, "#sources")
     def _source_chosen(self, event) -> None:

@@ -72,6 +72,9 @@ class FakeService:
     def methods(self):
         return ["rtn"]
 
+    def method_hint(self, name):
+        return f"{name} (no calibration): no parameters"
+
     def devices(self):
         return ["cpu"]
 

@@ -60,7 +60,7 @@ async def test_escape_stops_all_columns_and_returns_the_prompt(fake, settings):
 
 
 async def test_stop_one_column_keeps_the_others(fake, settings):
-    fake.token_delay = 0.15
+    fake.token_delay = 0.4  # the 's' must land mid-answer even on a loaded machine
     app = QtuiApp(service=fake, settings=settings)
     async with app.run_test(size=SIZE) as pilot:
         await _ready(app, pilot)
