@@ -40,7 +40,16 @@ def main(argv=None) -> int:
     p.add_argument("--fidelity-tokens", type=int, default=4096)
     p.add_argument("--fresh", action="store_true", help="ignore cached results")
     p.add_argument("--out", default=None, help="also write the Markdown here")
+    p.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="only the speed checks: loglik ARC-Easy over --loglik-limit items per variant "
+        "(recomputed, not cached) and batched vs one-at-a-time generation",
+    )
     a = p.parse_args(argv)
+    if a.timing_only:
+        print(timing(a))
+        return 0
     use_cache = not a.fresh
     arc_gen = api.EvalSettings(max_new_tokens=a.arc_gen_tokens, batch_size=a.batch)
     gsm = api.EvalSettings(max_new_tokens=a.gsm_tokens, batch_size=a.batch)
@@ -75,6 +84,24 @@ def main(argv=None) -> int:
     speed_lines = batched_vs_sequential(subjects[0].variant, a.batch, a.arc_gen_tokens)
     print(write(a, results, infos, timings, speed_lines))
     return 0
+
+
+def timing(a) -> str:
+    """Loglik ARC-Easy wall time per variant (not cached) and batched vs one-at-a-time generation."""
+    rows, cache, first = [], {}, None
+    for spec in a.specs:
+        subject = api.open_subject(spec, device="cpu", loaded_cache=cache)
+        first = first or subject
+        r = api.run(subject, "arc_easy", "loglik", a.loglik_limit, use_cache=False)
+        rows.append([subject.name, str(r.n), r.accuracy.text(), f"{r.seconds:.1f}"])
+        log(f"{subject.name}: {r.seconds:.1f}s")
+    lines = [
+        f"Machine: {machine()}",
+        "",
+        report._md(["variant", "n", "loglik ARC-Easy accuracy", "seconds"], rows),
+        "",
+    ]
+    return "\n".join(lines + batched_vs_sequential(first.variant, a.batch, a.arc_gen_tokens))
 
 
 def log(text: str) -> None:

@@ -119,18 +119,23 @@ def _weight_errors(w: torch.Tensor, wq: torch.Tensor, x: torch.Tensor) -> tuple[
 def collect_stats(block: nn.Module, inputs: list[tuple], sample_tokens: int) -> dict[str, LinearStats]:
     """Run ``block`` over ``inputs`` and return {linear name: stats of its input} (shared objects)."""
     stats: dict[str, LinearStats] = {}
-    seen: dict[tuple, LinearStats] = {}
+    # inputs seen in this forward, by address: Linears reading one tensor (q/k/v, gate/up) share
+    # stats. The tensor is kept alive with its entry: once freed, its address could be reused by a
+    # later Linear's input of the same shape (o_proj's, say), which would then be taken for a
+    # shared input and get the wrong statistics, depending on the allocator (found as run-to-run
+    # differences of GPTQ/AWQ results).
+    seen: dict[tuple, tuple[LinearStats, torch.Tensor]] = {}
     per_batch = -(-sample_tokens // max(len(inputs), 1))
 
     def record(name: str, x: torch.Tensor) -> None:
         key = (x.data_ptr(), tuple(x.shape))
-        st = stats.get(name) or seen.get(key)
+        st = stats.get(name) or (seen[key][0] if key in seen else None)
         if st is None:
             st = LinearStats(x.shape[-1], x.device, sample_tokens)
         stats[name] = st
         if key not in seen:
             st.add(x, per_batch)
-            seen[key] = st
+            seen[key] = (st, x)
         st.names.append(name) if name not in st.names else None
 
     hooks = [

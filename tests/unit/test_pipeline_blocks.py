@@ -183,3 +183,36 @@ def test_registry_and_params():
         parse_param("nothing")
     with pytest.raises(QtuiError, match="calibration"):
         quantize_model(nn.Module(), get_format("int4-g64"), get_method("gptq"))
+
+
+class _Reuse(nn.Module):
+    """Two Linears of one width whose inputs are different tensors; the first input is freed
+    before the second is made, so the allocator may hand the second the first one's address."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 64, bias=False)
+        self.b = nn.Linear(64, 64, bias=False)
+
+    def forward(self, h):
+        t = h * 2.0
+        u = self.a(t)
+        del t
+        v = torch.tanh(u) + 1.0  # same shape as t: may land at t's freed address
+        return self.b(v)
+
+
+def test_stats_never_confuse_a_freed_input_with_a_new_one():
+    from engine.quant.blocks import collect_stats
+
+    torch.manual_seed(0)
+    block = _Reuse()
+    inputs = [(torch.randn(4, 512, 64), {}) for _ in range(3)]
+    stats = collect_stats(block, inputs, sample_tokens=64)
+    assert stats["a"] is not stats["b"]
+    with torch.no_grad():
+        xs = [(torch.tanh(block.a(h * 2.0)) + 1.0).reshape(-1, 64).double() for h, _ in inputs]
+    n = sum(x.shape[0] for x in xs)
+    expect = sum(x.t() @ x for x in xs) * (2.0 / n)  # GPTQ's H = 2 X^T X / n of b's real input
+    got = stats["b"].hessian().double()
+    assert torch.allclose(got, expect, rtol=1e-4, atol=1e-4 * float(expect.abs().max()))

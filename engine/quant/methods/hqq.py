@@ -6,7 +6,7 @@ calibration-free, stored in qtui's own formats so it runs on qtui's kernels.
   each group's scale and *float* zero. qtui stores integer zeros (uint8, so that 0 stays exact and
   the store is the same as RTN's), so the zero is then rounded to the nearest integer and the
   scale is re-fitted by least squares for that zero (``refit`` alternations of encode / refit).
-  The cost of rounding is measured in tests and in bench/results/methods.md.
+  The cost of rounding is measured in tests and in bench/RESULTS.md.
 * Float-zero formats (``int4fz-gN``, ``int2fz-gN``: f16 zero per group, which the int4 kernel runs
   natively) keep hqq's float zero exactly. On the default model this matters: relative weight
   error of int4 g64 is 0.094 (RTN), 0.089 (HQQ, integer zero) and 0.074 (HQQ, float zero).
