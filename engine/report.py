@@ -189,12 +189,64 @@ def worst_layers_section(infos: list[VariantInfo]) -> str:
     return _md(["variant", "layer", "relative weight error", "SQNR dB"], rows)
 
 
+def write_charts(
+    out: Path, infos: list[VariantInfo], results: dict[str, list[TaskResult]]
+) -> list[tuple[str, str]]:
+    """SVG charts into ``out/charts``: accuracy with Wilson whiskers per (task, mode), KLD per
+    variant, decode tokens/s and size per variant. Returns (title, relative path) pairs."""
+    from engine.charts import Bar, bar_chart
+
+    folder = out / "charts"
+    folder.mkdir(parents=True, exist_ok=True)
+    charts: list[tuple[str, str, str]] = []  # (title, file name, svg)
+    keys = sorted({(r.task, r.mode) for rs in results.values() for r in rs if r.mode != "fidelity"})
+    for task, mode in keys:
+        bars, chance = [], None
+        for name, rs in results.items():
+            r = next((r for r in rs if (r.task, r.mode) == (task, mode)), None)
+            if r is None or not r.n:
+                continue
+            lo, hi = r.accuracy.interval
+            bars.append(
+                Bar(name, 100 * r.accuracy.value, 100 * lo, 100 * hi, f"{100 * r.accuracy.value:.1f}%")
+            )
+            chance = r.metrics.get("chance") or chance
+        if bars:
+            n = max(r.n for rs in results.values() for r in rs if (r.task, r.mode) == (task, mode))
+            title = f"{task} ({mode}): accuracy, 95% interval, n={n}"
+            svg = bar_chart(title, bars, "%", 100 * chance if chance else None, "chance" if chance else "")
+            charts.append((title, f"accuracy-{task}-{mode}.svg", svg))
+    kld = [
+        Bar(name, r.metrics["kld_mean"], text=f"{r.metrics['kld_mean']:.3f}")
+        for name, rs in results.items()
+        for r in rs
+        if r.mode == "fidelity" and r.metrics.get("kld_mean") is not None
+    ]
+    if kld:
+        charts.append(("KL divergence to the 16-bit model (mean; lower is closer)", "kld.svg",
+                       bar_chart("KL divergence to the 16-bit model (mean)", kld)))  # fmt: skip
+    speed = [Bar(i.name, i.decode_tps) for i in infos if i.decode_tps]
+    if speed:
+        charts.append(
+            ("Decode tokens/s", "decode-speed.svg", bar_chart("Decode tokens/s (fixed prompts)", speed))
+        )
+    size = [Bar(i.name, i.weight_bytes / 2**20, text=_mb(i.weight_bytes)) for i in infos if i.weight_bytes]
+    if size:
+        charts.append(
+            ("Weights in memory (MiB)", "weights.svg", bar_chart("Weights in memory", size, " MiB"))
+        )
+    for _, file, svg in charts:
+        (folder / file).write_text(svg)
+    return [(title, f"charts/{file}") for title, file, _ in charts]
+
+
 def write_report(
     out: Path, infos: list[VariantInfo], results: dict[str, list[TaskResult]], baseline: str | None
 ) -> tuple[Path, Path]:
     """Write report.md and report.json into ``out``; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    charts = write_charts(out, infos, results)
     sizes = sorted({f"{r.task}/{r.mode}: n={r.n}" for rs in results.values() for r in rs})
     md = [
         "# qtui comparison report\n",
@@ -209,6 +261,7 @@ def write_report(
         "## Fidelity to the 16-bit model\n", fidelity_table(results) + "\n",
         "## Worst layers by weight error\n", worst_layers_section(infos) + "\n",
         "## Answers to fixed prompts\n", answers_section(infos),
+        "## Charts\n", "\n\n".join(f"![{title}]({path})" for title, path in charts) or "(nothing to chart)",
     ]  # fmt: skip
     md_path, json_path = out / "report.md", out / "report.json"
     md_path.write_text("\n".join(md))
@@ -218,6 +271,7 @@ def write_report(
         "variants": [i.__dict__ for i in infos],
         "results": {name: [r.to_json() for r in rs] for name, rs in results.items()},
         "prompts": list(FIXED_PROMPTS),
+        "charts": [path for _, path in charts],
     }
     json_path.write_text(json.dumps(data, indent=1, default=str))
     return md_path, json_path

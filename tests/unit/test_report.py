@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
 from engine import report
 from engine.evals.results import TaskResult
@@ -47,6 +48,26 @@ def test_report_tables(tmp_path):
     assert "Machine:" in md and "arc_easy/loglik: n=200" in md
     data = json.loads(json_path.read_text())
     assert data["baseline"] == "bf16" and data["results"]["int2-g64-rtn"][0]["accuracy"]["k"] == 52
+    # chart images: one per (task, mode) with whiskers, KLD, speed, weights; valid SVG, linked from the Markdown
+    assert sorted(data["charts"]) == sorted(["charts/accuracy-arc_easy-loglik.svg", "charts/accuracy-gsm8k-generate.svg",
+                                             "charts/kld.svg", "charts/decode-speed.svg", "charts/weights.svg"])  # fmt: skip
+    for rel in data["charts"]:
+        assert f"]({rel})" in md
+        ET.fromstring((tmp_path / rel).read_text())  # well-formed XML
+    arc = (tmp_path / "charts/accuracy-arc_easy-loglik.svg").read_text()
+    assert "55.0%" in arc and "26.0%" in arc and "chance" in arc and arc.count('stroke="black"/>') >= 2 * 3
+
+
+def test_bar_chart_scales_and_escapes():
+    from engine.charts import Bar, bar_chart
+
+    svg = bar_chart(
+        "a < b", [Bar("x&y", 0.0), Bar("z", 7.5, 5.0, 9.0)], unit="%", reference=2.0, reference_label="ref"
+    )
+    root = ET.fromstring(svg)
+    assert root.tag.endswith("svg") and "a &lt; b" in svg and "x&amp;y" in svg
+    heights = [float(r.get("height")) for r in root.iter("{http://www.w3.org/2000/svg}rect")][1:]
+    assert heights[0] == 0.0 and heights[1] > 0  # a zero bar has no height; the axis tops out at 10
 
 
 def test_report_without_results_says_so(tmp_path):
