@@ -71,6 +71,7 @@ class ModelsScreen(Screen):
                 yield SelectionList(id="formats")
                 yield Select([("rtn", "rtn")], id="method", prompt="method", allow_blank=False)
                 yield Input(placeholder="method params: key=value ...", id="method-params")
+                yield Static("", id="method-note", classes="note")
                 yield Input(placeholder="calibration: builtin:16x256 or FILE[:NxLEN]", id="calibration")
                 yield Select([("cpu", "cpu")], id="device", prompt="device", allow_blank=False)
 
@@ -131,9 +132,9 @@ class ModelsScreen(Screen):
 
     @on(Select.Changed, "#method")
     def _method_chosen(self, event: Select.Changed) -> None:
-        # the params field shows the chosen method's parameters and defaults while it is empty
+        # under the params field: the chosen method's parameters and their defaults (wrapped)
         if event.value is not Select.BLANK:
-            self.query_one("#method-params", Input).placeholder = self.service.method_hint(str(event.value))
+            self.query_one("#method-note", Static).update(self.service.method_hint(str(event.value)))
 
     @on(OptionList.OptionSelected, "#sources")
     @on(OptionList.OptionHighlighted, "#sources")
