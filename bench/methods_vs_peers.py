@@ -167,7 +167,8 @@ def peer_row(peer: str, a, model_dir: Path, work: Path) -> dict:
            "--out", str(out), "--threads", str(a.threads), "--decode-tokens", str(a.decode_tokens)]  # fmt: skip
     env = {**os.environ, **peers_worker.ENV.get(peer, {})}
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # run in the work dir: GPTQModel writes logs/ into its working directory
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
     if done.returncode != 0 or not out.exists():
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return dict(tool=peer, error=f"exit {done.returncode}: {tail}")
