@@ -27,12 +27,13 @@ import torch  # noqa: E402
 
 from engine import sources  # noqa: E402
 from engine.evals import fidelity  # noqa: E402
+from engine.evals.data import SHARED_SAMPLES  # noqa: E402
 from engine.quant import calibration as C  # noqa: E402
 from engine.quant.formats import get_format  # noqa: E402
 from engine.quant.methods import get_method  # noqa: E402
 from engine.quant.pipeline import QuantOptions, prepare_model, quantize_model  # noqa: E402
 
-WIKI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wikitext2_test_head.txt"
+WIKI = SHARED_SAMPLES / "wikitext2_test_head.txt"
 DEFAULT_ROWS = (
     "rtn:int4-g64,hqq:int4-g64,gptq:int4-g64,awq:int4-g64,"
     "rtn:int2-g64,hqq:int2-g64,gptq:int2-g64,awq:int2-g64,rtn:w8a8,smoothquant:w8a8"

@@ -38,13 +38,14 @@ from peers_common import decode_tok_s  # noqa: E402
 
 from engine import paths, sources  # noqa: E402
 from engine.evals import fidelity  # noqa: E402
+from engine.evals.data import SHARED_SAMPLES  # noqa: E402
 from engine.evals.results import machine  # noqa: E402
 from engine.quant import calibration as C  # noqa: E402
 from engine.quant.formats import get_format  # noqa: E402
 from engine.quant.methods import get_method  # noqa: E402
 from engine.quant.pipeline import prepare_model, quantize_model  # noqa: E402
 
-WIKI = ROOT.parent / "shared" / "datasets" / "wikitext2_test_head.txt"
+WIKI = SHARED_SAMPLES / "wikitext2_test_head.txt"
 QTUI_ROWS = [
     ("rtn", "int4-g64", "plain round to nearest (min/max, integer zero)"),
     ("gptq", "int4-g64", "GPTQ, mse range search, integer zero"),

@@ -13,7 +13,20 @@ from pathlib import Path
 from engine.errors import QtuiError
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "evals"
-SHARED_SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+
+
+def _shared_samples() -> Path:
+    """The workplace's dataset samples: ``shared/datasets`` beside the checkout or beside one of
+    its parent folders (a clone one level deeper still finds them); the nearest one wins."""
+    repo = Path(__file__).resolve().parents[2]
+    for folder in repo.parents:
+        candidate = folder / "shared" / "datasets"
+        if candidate.is_dir():
+            return candidate
+    return repo.parent / "shared" / "datasets"  # absent: callers check .exists()
+
+
+SHARED_SAMPLES = _shared_samples()
 EXTENSIONS = (".jsonl", ".json", ".parquet")
 
 

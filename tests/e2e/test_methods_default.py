@@ -8,12 +8,12 @@ every method x format with the default calibration over more tokens.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 
 from engine.evals import fidelity
+from engine.evals.data import SHARED_SAMPLES
 from engine.quant import calibration as C
 from engine.quant.formats import get_format
 from engine.quant.methods import get_method
@@ -21,7 +21,7 @@ from engine.quant.pipeline import prepare_model, quantize_model
 
 pytestmark = pytest.mark.e2e
 
-WIKI = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "wikitext2_test_head.txt"
+WIKI = SHARED_SAMPLES / "wikitext2_test_head.txt"
 
 
 @pytest.fixture(scope="module")
