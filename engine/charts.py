@@ -8,6 +8,7 @@ Markdown viewers and image tools open.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from html import escape
 
@@ -96,8 +97,6 @@ def bar_chart(
 
 def _nice_ceiling(v: float) -> float:
     """The smallest of 1, 2, 2.5, 5 x 10^k that is >= v."""
-    import math
-
     exp = 10 ** math.floor(math.log10(v))
     for m in (1, 2, 2.5, 5, 10):
         if m * exp >= v:

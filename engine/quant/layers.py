@@ -21,6 +21,7 @@ Kernels want 16-bit activations: on CPU quantized variants compute in bf16 (the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,28 +56,20 @@ MANY_ROWS = {"int8pack": 128, "int4pack": 256}
 
 
 # ------------------------------------------------------------------------------ int4pack
-_INT4_CPU_BLOCK: list[int | None] = []
-
-
+@functools.cache
 def int4_cpu_block() -> int | None:
     """The row-block size of ``_convert_weight_to_int4pack_for_cpu``'s layout (64 with AVX-512, 32
     with AVX2 in torch's source), found by packing known codes once; None if no block size explains
     the layout (the many-rows path is then off and the kernel is used for every call)."""
-    if not _INT4_CPU_BLOCK:
-        found = None
-        try:
-            codes = torch.randint(
-                0, 16, (128, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32
-            )
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-            for block in (64, 32, 16, 128):
-                if torch.equal(_unpack_int4_cpu(packed, 128, 64, block).to(torch.int32), codes):
-                    found = block
-                    break
-        except Exception:
-            found = None
-        _INT4_CPU_BLOCK.append(found)
-    return _INT4_CPU_BLOCK[0]
+    try:
+        codes = torch.randint(0, 16, (128, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    except Exception:
+        return None
+    for block in (64, 32, 16, 128):
+        if torch.equal(_unpack_int4_cpu(packed, 128, 64, block).to(torch.int32), codes):
+            return block
+    return None
 
 
 def _unpack_int4_cpu(packed: torch.Tensor, n: int, k: int, block: int) -> torch.Tensor:

@@ -51,22 +51,20 @@ def search_params(
     rows = cols.shape[0]
     top = int(maxshrink * grid)
     best_i = torch.zeros(rows, dtype=torch.long, device=cols.device)
-    best_err = None
-    for i in range(0, top + 1, 4):
-        err = _shrunk_error(fmt, cols, torch.full((rows,), i, device=cols.device), grid, norm)
-        if best_err is None:
-            best_err = err
-            continue
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_i = torch.where(better, i, best_i)
-    centre = best_i.clone()
-    for j in (-3, -2, -1, 1, 2, 3):
-        i = (centre + j).clamp(0, top)
+    best_err = _shrunk_error(fmt, cols, best_i, grid, norm)
+
+    def consider(i: torch.Tensor) -> None:
+        nonlocal best_i, best_err
         err = _shrunk_error(fmt, cols, i, grid, norm)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_i = torch.where(better, i, best_i)
+
+    for i in range(4, top + 1, 4):
+        consider(torch.full((rows,), i, device=cols.device))
+    centre = best_i.clone()
+    for j in (-3, -2, -1, 1, 2, 3):
+        consider((centre + j).clamp(0, top))
     return group_params(fmt, cols * (1.0 - best_i.to(cols.dtype) / grid).unsqueeze(1))
 
 
@@ -75,17 +73,16 @@ def _shrunk_error(
 ) -> torch.Tensor:
     """Per row: ``sum |w - q(w)|^norm`` with the range shrunk by ``1 - i / grid`` (``i`` per row)."""
     s, z = group_params(fmt, cols * (1.0 - i.to(cols.dtype) / grid).unsqueeze(1))
-    q = fmt.encode(cols.unsqueeze(1), s.view(-1, 1, 1), None if z is None else z.view(-1, 1))
-    zc = z.view(-1, 1) if z is not None else fmt.zero_const
-    deq = (fmt.mult * q.view_as(cols).float() - zc) * s.view(-1, 1)
-    return (deq - cols).abs_().pow_(norm).sum(1)
+    return (quantize_column(fmt, cols, s, z) - cols).abs_().pow_(norm).sum(1)
 
 
-def quantize_column(fmt: FormatSpec, col: torch.Tensor, scale: torch.Tensor, zero) -> torch.Tensor:
-    """Round one column ``[out]`` to the format's grid and return its real value."""
-    q = fmt.encode(col.view(-1, 1, 1), scale.view(-1, 1, 1), None if zero is None else zero.view(-1, 1))
-    z = zero if zero is not None else fmt.zero_const
-    return (fmt.mult * q.view(-1).float() - z) * scale
+def quantize_column(fmt: FormatSpec, cols: torch.Tensor, scale: torch.Tensor, zero) -> torch.Tensor:
+    """Round ``cols`` (one column ``[out]`` or columns ``[out, k]`` of one group) to the format's
+    grid with per-row ``scale`` / ``zero`` ``[out]``; returns their real values, shaped as ``cols``."""
+    out = cols.shape[0]
+    q = fmt.encode(cols.reshape(out, 1, -1), scale.view(-1, 1, 1), None if zero is None else zero.view(-1, 1))
+    z = zero.view(-1, 1) if zero is not None else fmt.zero_const
+    return ((fmt.mult * q.reshape(out, -1).float() - z) * scale.view(-1, 1)).view_as(cols)
 
 
 def column_quantizer(fmt: FormatSpec, scale: torch.Tensor, zero: torch.Tensor | None):
