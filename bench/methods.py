@@ -50,6 +50,34 @@ def cpu_name() -> str:
     return platform.processor() or "?"
 
 
+def measure_method(loaded, ref, cal, meth_name: str, fmt_name: str, options: QuantOptions = QuantOptions()):
+    """Quantize a copy of ``loaded.model`` with one method x format, run it on its kernels and
+    compare it with ``ref``. Returns (row, model): ``seconds`` / ``cpu_seconds`` time
+    quantize_model alone, ``ready_seconds`` also the kernel layout (prepare_model)."""
+    fmt, meth = get_format(fmt_name), get_method(meth_name)
+    model = copy.deepcopy(loaded.model)
+    t0, c0 = time.perf_counter(), time.process_time()
+    use_cal = meth.needs_calibration or options.keep_sensitive
+    quantize_model(model, fmt, meth, options=options, calibration=cal if use_cal else None)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    labels = prepare_model(model, "cpu", torch.bfloat16)
+    ready = time.perf_counter() - t0
+    fid = fidelity.compare(model.eval(), ref)
+    row = dict(
+        method=meth_name,
+        format=fmt.name,
+        kld_mean=fid.kld_mean,
+        kld_p99=fid.kld_p99,
+        top1=fid.top1_agreement,
+        ppl_ratio=fid.ppl_ratio,
+        seconds=seconds,
+        ready_seconds=ready,
+        cpu_seconds=cpu,
+        kernel=max(labels, key=labels.get).split(" ")[0] if labels else "-",
+    )
+    return row, model
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=2048)
@@ -77,34 +105,14 @@ def main(argv=None) -> int:
     rows = []
     for item in args.rows.split(","):
         meth_name, fmt_name = item.split(":")
-        fmt, meth = get_format(fmt_name), get_method(meth_name)
-        model = copy.deepcopy(loaded.model)
-        opts = QuantOptions(keep_sensitive=args.keep_sensitive)
-        t0, c0 = time.perf_counter(), time.process_time()
-        use_cal = meth.needs_calibration or args.keep_sensitive
-        quantize_model(model, fmt, meth, options=opts, calibration=cal if use_cal else None)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-        labels = prepare_model(model, "cpu", torch.bfloat16)
-        fid = fidelity.compare(model.eval(), ref)
-        kernel = max(labels, key=labels.get).split(" ")[0] if labels else "-"
-        row = dict(
-            method=meth_name,
-            format=fmt.name,
-            kld_mean=fid.kld_mean,
-            kld_p99=fid.kld_p99,
-            top1=fid.top1_agreement,
-            ppl_ratio=fid.ppl_ratio,
-            seconds=seconds,
-            cpu_seconds=cpu,
-            kernel=kernel,
-        )
+        row, model = measure_method(loaded, ref, cal, meth_name, fmt_name, QuantOptions(args.keep_sensitive))
+        del model
         rows.append(row)
         print(
-            f"| {meth_name} | {fmt.name} | {fid.kld_mean:.4f} | {fid.kld_p99:.3f} | {fid.top1_agreement:.3f} "
-            f"| {fid.ppl_ratio:.3f} | {seconds:.1f} | {cpu:.1f} | {kernel} |",
+            f"| {meth_name} | {row['format']} | {row['kld_mean']:.4f} | {row['kld_p99']:.3f} | {row['top1']:.3f} "
+            f"| {row['ppl_ratio']:.3f} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['kernel']} |",
             flush=True,
         )
-        del model
     if args.json:
         Path(args.json).write_text(json.dumps({"calibration": cal.describe(), "rows": rows}, indent=1))
     return 0

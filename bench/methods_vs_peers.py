@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
+from methods import measure_method  # noqa: E402
 from peers_common import decode_tok_s  # noqa: E402
 
 from engine import paths, sources  # noqa: E402
@@ -41,9 +42,6 @@ from engine.evals import fidelity  # noqa: E402
 from engine.evals.data import SHARED_SAMPLES  # noqa: E402
 from engine.evals.results import machine  # noqa: E402
 from engine.quant import calibration as C  # noqa: E402
-from engine.quant.formats import get_format  # noqa: E402
-from engine.quant.methods import get_method  # noqa: E402
-from engine.quant.pipeline import prepare_model, quantize_model  # noqa: E402
 
 WIKI = SHARED_SAMPLES / "wikitext2_test_head.txt"
 QTUI_ROWS = [
@@ -110,25 +108,17 @@ def main(argv=None) -> int:
 
 
 def qtui_row(loaded, ref, cal, prompt, meth_name: str, fmt_name: str, what: str, n: int) -> dict:
-    model = copy.deepcopy(loaded.model)
-    method = get_method(meth_name)
-    t0 = time.perf_counter()
-    quantize_model(model, get_format(fmt_name), method, calibration=cal if method.needs_calibration else None)
-    labels = prepare_model(model, "cpu", torch.bfloat16)
-    seconds = time.perf_counter() - t0
-    model.eval()
-    fid = fidelity.compare(model, ref)
-    kernel = max(labels, key=labels.get).split(" (")[0] if labels else "-"
+    row, model = measure_method(loaded, ref, cal, meth_name, fmt_name)
     return dict(
         tool=f"qtui {meth_name.upper()} {fmt_name}",
         notes=what,
-        kld_mean=fid.kld_mean,
-        kld_p99=fid.kld_p99,
-        top1=fid.top1_agreement,
-        ppl_ratio=fid.ppl_ratio,
-        quantize_s=seconds,
+        kld_mean=row["kld_mean"],
+        kld_p99=row["kld_p99"],
+        top1=row["top1"],
+        ppl_ratio=row["ppl_ratio"],
+        quantize_s=row["ready_seconds"],  # from the float model to the model ready to run, as for peers
         decode_tok_s=decode_tok_s(model, prompt, n),
-        backend=f"qtui {kernel}",
+        backend=f"qtui {row['kernel']}",
     )
 
 
