@@ -21,10 +21,9 @@ from engine import paths
 from engine.runtime import GenResult, GenSettings
 from engine.telemetry import cuda_allocated_bytes, rss_bytes
 from qtui.config import Settings
+from qtui.screens.registry import SCREENS
 from qtui.services import EngineService, Loaded, Service
 from qtui.state import Metrics, QuantJob
-
-SCREENS = ("models", "quantize", "chat", "dashboard", "evaluate")
 
 
 class QtuiCommands(Provider):
@@ -32,26 +31,18 @@ class QtuiCommands(Provider):
 
     def _commands(self):
         app = self.app
+        screens = [
+            (name, help_text, partial(app.switch_to, entry.name))
+            for entry in SCREENS
+            for name, help_text in entry.palette_entries()
+        ]
         return [
             (
                 "New chat (clear columns)",
                 "Clear every column's conversation",
                 partial(app.run_action, "chat_clear"),
             ),
-            (
-                "Load variant...",
-                "Open the Models screen to pick a saved variant",
-                partial(app.switch_to, "models"),
-            ),
-            ("Quantize...", "Pick formats on the Models screen", partial(app.switch_to, "models")),
-            ("Quantization queue", "Show progress of every job", partial(app.switch_to, "quantize")),
-            ("Chat side by side", "Open the chat columns", partial(app.switch_to, "chat")),
-            ("Dashboard", "Live charts: speed, latency, memory, size", partial(app.switch_to, "dashboard")),
-            (
-                "Evaluate",
-                "Accuracy (with intervals) and fidelity to the baseline",
-                partial(app.switch_to, "evaluate"),
-            ),
+            *screens,
             (
                 "Export conversation",
                 "Save the chat as Markdown and JSON",
@@ -85,21 +76,7 @@ class QtuiApp(App):
     COMMANDS = App.COMMANDS | {QtuiCommands}
     BINDINGS = [
         Binding("f1", "help", "Help", tooltip="Every key binding", id="app.help"),
-        Binding(
-            "f2", "switch_to('models')", "Models", tooltip="Sources, saved variants, formats", id="app.models"
-        ),
-        Binding(
-            "f3", "switch_to('quantize')", "Quantize", tooltip="The quantization queue", id="app.quantize"
-        ),
-        Binding("f4", "switch_to('chat')", "Chat", tooltip="Chat with variants side by side", id="app.chat"),
-        Binding("f5", "switch_to('dashboard')", "Dashboard", tooltip="Live charts", id="app.dashboard"),
-        Binding(
-            "f6",
-            "switch_to('evaluate')",
-            "Evaluate",
-            tooltip="Accuracy and fidelity of variants",
-            id="app.evaluate",
-        ),
+        *(entry.binding() for entry in SCREENS),
         Binding("ctrl+q", "quit", "Quit", tooltip="Quit qtui", id="app.quit", priority=True),
     ]
 
@@ -124,18 +101,10 @@ class QtuiApp(App):
 
     # -------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
-        from qtui.screens.chat import ChatScreen
-        from qtui.screens.dashboard import DashboardScreen
-        from qtui.screens.evaluate import EvaluateScreen
-        from qtui.screens.models import ModelsScreen
-        from qtui.screens.quantize import QuantizeScreen
-
         if self.settings.theme in self.available_themes:
             self.theme = self.settings.theme
-        for name, cls in zip(
-            SCREENS, (ModelsScreen, QuantizeScreen, ChatScreen, DashboardScreen, EvaluateScreen), strict=True
-        ):
-            self.install_screen(cls(), name=name)
+        for entry in SCREENS:
+            self.install_screen(entry.screen(), name=entry.name)
         self.push_screen("chat" if self.autoload else "models")
         if self.sampling:
             self.set_interval(1.0, self.sample_resources)

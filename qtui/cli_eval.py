@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_OK = 0
+from qtui.cli_common import EXIT_OK, ProgressLine
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -70,7 +70,6 @@ def print_table(rows, stream=None) -> None:
 
 def cmd_eval(args) -> int:
     from engine.evals import api
-    from qtui.cli import ProgressLine
 
     settings = _settings(args)
     rows, loaded = [], {}
@@ -101,7 +100,6 @@ def _default_specs() -> list[str]:
 def cmd_report(args) -> int:
     from engine import report
     from engine.evals import api, results
-    from qtui.cli import ProgressLine
 
     settings = _settings(args)
     specs = args.specs or _default_specs()

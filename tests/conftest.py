@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated QTUI_HOME, tiny random-weight models and a tiny tokenizer.
+"""Shared fixtures: an isolated QTUI_HOME, tiny random-weight models and a tiny tokenizer (tests.helpers).
 
 Nothing here touches the network or the user's folders. (tests/unit/conftest.py adds an offline,
 empty Hugging Face cache and drops the QTUI_* overrides for unit tests.)
@@ -9,45 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-# A byte-level BPE tokenizer (GPT-2 / Qwen style): 256 byte symbols, 12 merges, 4 special tokens.
-# Byte-level matters: for model_type qwen2, transformers' AutoTokenizer rebuilds the tokenizer as a
-# Qwen2Tokenizer (byte-level BPE) from tokenizer.json's vocab and merges, so only a tokenizer of
-# that kind survives save_pretrained -> AutoTokenizer.from_pretrained unchanged for every arch.
-PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-MERGES = [
-    ("h", "e"),
-    ("l", "l"),
-    ("he", "ll"),
-    ("\u0120", "w"),
-    ("o", "r"),
-    ("\u0120", "t"),
-    ("\u0120t", "h"),
-    ("i", "s"),
-    ("\u0120", "a"),
-    ("e", "r"),
-    ("i", "n"),
-    ("o", "u"),
-]
-SPECIALS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"]
-VOCAB_SIZE = 256 + len(MERGES) + len(SPECIALS)  # 272, a multiple of 16 (int4 kernel rows)
-EOS_ID = 256 + len(MERGES)
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-# arch -> config kwargs. Hidden sizes 96/64 are not multiples of 128 (and 96 is not one of 64), so
-# group-wise formats pad; qwen2 ties its embeddings and has q/k/v biases.
-ARCHS = {
-    "llama": dict(hidden_size=96, intermediate_size=160, tie_word_embeddings=False),
-    "qwen2": dict(hidden_size=64, intermediate_size=192, tie_word_embeddings=True),
-    "qwen3": dict(hidden_size=64, intermediate_size=160, head_dim=16, tie_word_embeddings=False),
-}
+from tests.helpers import build_model, build_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -59,70 +22,6 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("qtui-home")
     monkeypatch.setenv("QTUI_HOME", str(home))
     return home
-
-
-def build_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for a, b in MERGES:
-        vocab[a + b] = len(vocab)
-    for special in SPECIALS:
-        vocab[special] = len(vocab)
-    assert len(vocab) == VOCAB_SIZE and vocab["<|endoftext|>"] == EOS_ID
-    tok = Tokenizer(
-        models.BPE(vocab=vocab, merges=MERGES, continuing_subword_prefix="", end_of_word_suffix="")
-    )
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIALS)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def build_model(arch: str, seed: int = 0, tie: bool | None = None):
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
-
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
-    kwargs = dict(ARCHS[arch])
-    if tie is not None:
-        kwargs["tie_word_embeddings"] = tie
-    config = cls(
-        vocab_size=VOCAB_SIZE,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=None,
-        eos_token_id=EOS_ID,
-        pad_token_id=EOS_ID,
-        **kwargs,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        # transformers initialises biases to 0 and norms to 1: make them non-trivial so saving,
-        # loading and the bias path of the kernels are really exercised
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0.0, 0.1)
-            elif "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-        # a zero row makes the EOS logit exactly 0, so greedy decoding of a random model never
-        # picks it (some other of the 271 logits is positive) and runs to max_new_tokens
-        model.get_output_embeddings().weight[EOS_ID].zero_()
-    model.generation_config.eos_token_id = EOS_ID
-    return model
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Help: every key, per screen, from the bindings themselves (so it cannot go stale)."""
+"""Help: every key, per screen, from the bindings and the screen registry (so it cannot go stale)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,17 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from qtui.screens.registry import SCREENS
+
 
 def bindings_table(app) -> Table:
-    from qtui.screens.chat import ChatScreen
-    from qtui.screens.evaluate import EvaluateScreen
-    from qtui.screens.models import ModelsScreen
-    from qtui.screens.quantize import QuantizeScreen
-    from qtui.widgets.chat_column import ChatColumn
-
     table = Table(title="qtui keys", expand=True)
     table.add_column("where")
     table.add_column("key")
     table.add_column("does")
-    groups = [
-        ("everywhere", type(app).BINDINGS),
-        ("Models", ModelsScreen.BINDINGS),
-        ("Quantize", QuantizeScreen.BINDINGS),
-        ("Chat", ChatScreen.BINDINGS),
-        ("Chat column (focused)", ChatColumn.BINDINGS),
-        ("Evaluate", EvaluateScreen.BINDINGS),
-    ]
+    groups = [("everywhere", type(app).BINDINGS)]
+    for entry in SCREENS:
+        groups += entry.help_groups()
 
     for where, bindings in groups:
         for b in bindings:

@@ -6,7 +6,7 @@ import pytest
 
 from qtui.app import QtuiApp
 from qtui.config import Settings
-from tests.ui.conftest import until
+from tests.helpers import until
 
 pytestmark = pytest.mark.e2e
 

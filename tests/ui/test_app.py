@@ -10,7 +10,7 @@ from qtui.app import QtuiApp
 from qtui.screens.chat import ChatScreen, first_divergence
 from qtui.screens.help import HelpScreen, bindings_table
 from qtui.widgets.chat_column import ChatColumn
-from tests.ui.conftest import formats_ready, until
+from tests.helpers import formats_ready, until
 from tests.ui.fake_engine import ANSWERS
 
 SIZE = (140, 40)

@@ -9,7 +9,7 @@ from qtui.app import QtuiApp
 from qtui.config import Settings
 from qtui.services import Loaded
 from qtui.state import QuantJob
-from tests.ui.conftest import formats_ready, until
+from tests.helpers import formats_ready, until
 from tests.ui.fake_engine import FakeService
 
 SIZE = (120, 36)

@@ -48,7 +48,7 @@ def test_batched_scores_match_brute_force(tiny_model, arch, batch_tokens):
 
 
 def test_one_token_continuations_share_a_forward(tiny_model):
-    from tests.conftest import build_tokenizer
+    from tests.helpers import build_tokenizer
 
     tok = build_tokenizer()
     assert all(len(encode_pair(tok, "Pick a digit: 4", d)[1]) == 1 for d in "127")
@@ -63,7 +63,7 @@ def test_one_token_continuations_share_a_forward(tiny_model):
 
 
 def test_encode_pair_moves_trailing_space():
-    from tests.conftest import build_tokenizer
+    from tests.helpers import build_tokenizer
 
     tok = build_tokenizer()
     ctx, cont = encode_pair(tok, "Answer: ", "yes")
