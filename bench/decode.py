@@ -1,4 +1,4 @@
-"""Decode speed of every format vs bf16 (see qtui/benchmark.py; same as ``qtui bench``).
+"""Decode speed of every format vs bf16 (see engine/benchmark.py; same as ``qtui bench``).
 
 python bench/decode.py [--model default|shape:qwen3-0.6b] [--tokens 128] [--threads 2]
                        [--repeats 3] [--formats ...] [--json OUT] [--llama-cpp]
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from qtui.benchmark import main  # noqa: E402
+from engine.benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

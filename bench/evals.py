@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from engine import report  # noqa: E402
 from engine.evals import api  # noqa: E402
-from engine.evals.results import machine  # noqa: E402
+from engine.machine import machine_text  # noqa: E402
 from engine.runtime import GenSettings, generate  # noqa: E402
 
 SPECS = ["default", "default:int8", "default:int4-g64", "default:int2-g64", "default:q1_0_g128"]
@@ -96,7 +96,7 @@ def timing(a) -> str:
         rows.append([subject.name, str(r.n), r.accuracy.text(), f"{r.seconds:.1f}"])
         log(f"{subject.name}: {r.seconds:.1f}s")
     lines = [
-        f"Machine: {machine()}",
+        f"Machine: {machine_text()}",
         "",
         report._md(["variant", "n", "loglik ARC-Easy accuracy", "seconds"], rows),
         "",
@@ -112,7 +112,7 @@ def write(a, results, infos, timings, speed_lines) -> str:
     base = infos[0].name
     md = [
         "# Evaluation benchmark (default model: SmolLM2-135M-Instruct)\n",
-        f"Machine: {machine()}\n",
+        f"Machine: {machine_text()}\n",
         f"Samples: /work/shared/datasets (first N records). Loglik ARC-Easy {a.loglik_limit} items, BoolQ "
         f"{a.boolq_limit}; generative ARC-Easy {a.arc_gen_limit} items, max_new_tokens {a.arc_gen_tokens}; GSM8K "
         f"{a.gsm_limit} items, max_new_tokens {a.gsm_tokens}; generation batch {a.batch}, greedy; fidelity: "

@@ -32,28 +32,9 @@ from engine.quant.formats import get_format  # noqa: E402
 from engine.quant.layers import QLinear  # noqa: E402
 from engine.quant.methods import get_method  # noqa: E402
 from engine.quant.pipeline import quantize_model  # noqa: E402
+from engine.shapes import SHAPES  # noqa: E402
 
 FORMATS = ["int8", "int4-g32", "int4-g64", "int4-g128", "int2-g64", "q1_0_g128"]
-SHAPES = {
-    "qwen3-4b": dict(
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-    ),
-    "tiny": dict(
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        vocab_size=49152,
-    ),
-}
 
 
 def kernel_rows(device: torch.device) -> list[dict]:
@@ -98,9 +79,9 @@ def decode_row(variant: runtime.Variant, tokens: int) -> dict:
 
 
 def shape_rows(shape: str, device: torch.device, tokens: int, tokenizer) -> list[dict]:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
-    config = Qwen3Config(**SHAPES[shape], tie_word_embeddings=True, max_position_embeddings=4096)
+    config = SHAPES[shape].config(max_position_embeddings=4096)
     torch.manual_seed(0)
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config)

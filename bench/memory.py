@@ -1,6 +1,6 @@
 """Peak memory of GPTQ, block by block, on a random-weight model of a real model's shape.
 
-python bench/memory.py [--shape qwen3-4b|qwen3-1.7b|qwen3-8b] [--samples 4] [--seq-len 128]
+python bench/memory.py [--shape qwen3-4b|qwen3-8b|... (engine/shapes.py)] [--samples 4] [--seq-len 128]
                        [--device cpu|cuda] [--cap-gb 24] [--layers N] [--format int4-g128]
 
 The model is built in bf16 directly (meta tensors, then one block at a time materialised and
@@ -21,14 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-SHAPES = {
-    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
-    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
-    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
-}  # fmt: skip
+from engine.shapes import SHAPES  # noqa: E402
 
 
 def rss_peak_gb() -> float:
@@ -37,12 +30,10 @@ def rss_peak_gb() -> float:
 
 @torch.no_grad()
 def random_model(shape: str, layers: int | None):
-    from transformers import AutoModelForCausalLM, Qwen3Config
+    from transformers import AutoModelForCausalLM
 
-    kw = dict(SHAPES[shape])
-    if layers:
-        kw["num_hidden_layers"] = layers
-    config = Qwen3Config(max_position_embeddings=4096, **kw)
+    overrides = {"num_hidden_layers": layers} if layers else {}
+    config = SHAPES[shape].config(max_position_embeddings=4096, **overrides)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 from engine import sources  # noqa: E402
 from engine.evals import fidelity  # noqa: E402
 from engine.evals.data import SHARED_SAMPLES  # noqa: E402
+from engine.machine import cpu_name  # noqa: E402
 from engine.quant import calibration as C  # noqa: E402
 from engine.quant.formats import get_format  # noqa: E402
 from engine.quant.methods import get_method  # noqa: E402
@@ -38,16 +38,6 @@ DEFAULT_ROWS = (
     "rtn:int4-g64,hqq:int4-g64,gptq:int4-g64,awq:int4-g64,"
     "rtn:int2-g64,hqq:int2-g64,gptq:int2-g64,awq:int2-g64,rtn:w8a8,smoothquant:w8a8"
 )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def measure_method(loaded, ref, cal, meth_name: str, fmt_name: str, options: QuantOptions = QuantOptions()):

@@ -40,7 +40,7 @@ from peers_common import decode_tok_s  # noqa: E402
 from engine import paths, sources  # noqa: E402
 from engine.evals import fidelity  # noqa: E402
 from engine.evals.data import SHARED_SAMPLES  # noqa: E402
-from engine.evals.results import machine  # noqa: E402
+from engine.machine import machine_text  # noqa: E402
 from engine.quant import calibration as C  # noqa: E402
 
 WIKI = SHARED_SAMPLES / "wikitext2_test_head.txt"
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     if a.out:
         Path(a.out).write_text(text)
     if a.json:
-        Path(a.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+        Path(a.json).write_text(json.dumps({"machine": machine_text(), "rows": rows}, indent=1))
     return 0
 
 
@@ -180,7 +180,7 @@ def render(rows: list[dict], a, cal, ref) -> str:
     head = [
         "# qtui vs peers: int4 g64 on the default model (SmolLM2-135M-Instruct)",
         "",
-        f"Machine: {machine()}. Fidelity: KLD vs bf16 over {ref.n_positions} WikiText-2 "
+        f"Machine: {machine_text()}. Fidelity: KLD vs bf16 over {ref.n_positions} WikiText-2 "
         f"positions (windows of 512, top-4096 + rest bucket). Calibration (GPTQ, AWQ, GPTQModel): qtui's "
         f"built-in set, {cal.ids.shape[0]} x {cal.ids.shape[1]} tokens. Decode: {a.decode_tokens} greedy tokens "
         "after a 32-token prompt, median of 3, the same loop for every row.",

@@ -29,10 +29,10 @@ from engine.quant.pipeline import prepare_model, quantize_model  # noqa: E402
 
 
 def load(spec: str):
-    if spec == "shape:qwen3-0.6b":
-        from qtui.benchmark import qwen3_shape_model
+    if spec.startswith("shape:"):  # any shape in engine/shapes.py
+        from engine.benchmark import shape_model
 
-        return qwen3_shape_model()
+        return shape_model(spec.removeprefix("shape:"))
     from engine import sources
 
     return sources.load(sources.resolve(spec)).model

@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.evals.results import TaskResult, machine
+from engine.evals.results import TaskResult
 from engine.evals.stats import compare_text, retention, speedup
+from engine.machine import machine_text
 
 FIXED_PROMPTS = (
     "What is the capital of France?",
@@ -250,7 +251,7 @@ def write_report(
     sizes = sorted({f"{r.task}/{r.mode}: n={r.n}" for rs in results.values() for r in rs})
     md = [
         "# qtui comparison report\n",
-        f"Machine: {machine()}\n",
+        f"Machine: {machine_text()}\n",
         f"Baseline: {baseline or '(none)'}. Accuracies show k/n with a 95% Wilson interval; a difference is "
         "'significant' only when the two intervals do not overlap. Retention = variant / baseline with "
         "both inputs; 'n/a' when the baseline is 0.\n",
@@ -266,7 +267,7 @@ def write_report(
     md_path, json_path = out / "report.md", out / "report.json"
     md_path.write_text("\n".join(md))
     data = {
-        "machine": machine(),
+        "machine": machine_text(),
         "baseline": baseline,
         "variants": [i.__dict__ for i in infos],
         "results": {name: [r.to_json() for r in rs] for name, rs in results.items()},

@@ -19,11 +19,9 @@ DEMO_PROMPT = "What is the capital of France?"
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    from engine.units import human_bytes
+
+    return human_bytes(n)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -256,21 +254,10 @@ def print_side_by_side(results, prompt: str, width: int | None = None) -> None:
 
 
 def cmd_bench(args) -> int:
-    from qtui import benchmark
+    from engine import benchmark
 
-    argv = [
-        "--model",
-        args.model,
-        "--tokens",
-        str(args.tokens),
-        "--threads",
-        str(args.threads),
-        "--repeats",
-        str(args.repeats),
-    ]
-    if args.formats:
-        argv += ["--formats", *args.formats]
-    return benchmark.main(argv)
+    benchmark.run(benchmark.BenchOptions.from_args(args))
+    return 0
 
 
 def cmd_app(args) -> int:

@@ -28,6 +28,7 @@ from engine.evals.batchgen import generate_batch
 from engine.evals.data import ASSETS, SHARED_SAMPLES, DataError, file_hash
 from engine.evals.loglik import pick, score_pairs
 from engine.evals.tasks import Task, get_task
+from engine.machine import machine_text
 from engine.runtime import Variant
 
 Progress = Callable[[int, int, str], None]
@@ -167,7 +168,7 @@ def run(
 
 
 def _machine(variant: Variant) -> str:
-    return f"{res.machine()}; device {variant.device}; backend {variant.backend}"
+    return f"{machine_text()}; device {variant.device}; backend {variant.backend}"
 
 
 def _loglik(variant, task: Task, items, settings, progress, cancel):

@@ -10,14 +10,7 @@ from textual.message import Message
 from textual.widgets import Markdown, Static
 
 from engine.runtime import GenResult
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+from engine.units import human_bytes
 
 
 class ChatColumn(Vertical, can_focus=True):

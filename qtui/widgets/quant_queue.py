@@ -6,8 +6,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, ProgressBar, Static
 
+from engine.units import human_bytes
 from qtui.state import QuantJob
-from qtui.widgets.chat_column import human_bytes
 
 
 class QuantRow(Horizontal, can_focus=True):

@@ -4,6 +4,8 @@
                            [--repeats 3] [--formats bf16 int4-g64 int4-g64:naive ...]
                            [--json OUT] [--llama-cpp]
 
+Both entry points parse their flags into one :class:`BenchOptions` and call :func:`run` with it.
+
 Each variant is quantized in memory (RTN) from the same float model, laid out for the kernel qtui
 picks (``FMT:BACKEND`` forces one, e.g. ``int4-g64:naive``), warmed up once, then timed over
 ``--repeats`` greedy generations of exactly ``--tokens`` tokens: the loop is the app's own CPU decode
@@ -11,10 +13,10 @@ loop (``engine.runtime.decode_token_ids``) with EOS ignored, so every row decode
 ``decode tok/s`` = (tokens - 1) / time after the first token (as ``GenResult.decode_tps``); TTFT =
 prefill + first token. Medians over repeats.
 
-``shape:qwen3-0.6b`` is a seeded random-weight model with Qwen3-0.6B's shape (speed only; its
-output is noise) fed seeded random prompt ids. ``--llama-cpp`` (default model only) adds a row for
-llama.cpp decoding the same GGUF file with the same prompt ids, token count and threads, built
-into a throw-away venv (never a qtui dependency).
+``shape:NAME`` is a seeded random-weight model of a shape in ``engine.shapes`` (e.g. qwen3-0.6b;
+speed only: its output is noise) fed seeded random prompt ids. ``--llama-cpp`` (default model
+only) adds a row for llama.cpp decoding the same GGUF file with the same prompt ids, token count
+and threads, built into a throw-away venv (never a qtui dependency).
 """
 
 from __future__ import annotations
@@ -34,18 +36,71 @@ from pathlib import Path
 import torch
 
 from engine import sources
-from engine.errors import FormatError
+from engine.errors import FormatError, QtuiError
+from engine.machine import machine
 from engine.quant.formats import get_format
 from engine.quant.layers import BACKENDS
 from engine.quant.methods import get_method
 from engine.quant.pipeline import quantize_model
 from engine.runtime import GenSettings, Variant, chat_ids, decode_token_ids, variant_from_model
+from engine.shapes import SHAPES
 
-FORMATS = ["bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int2-g64", "q1_0_g128", "int4-g64:naive"]
+FORMATS = ("bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int2-g64", "q1_0_g128", "int4-g64:naive")
 PROMPT = "Write a long, detailed story about an old lighthouse keeper who finds a message in a bottle."
 SHAPE_PROMPT_TOKENS = 40
 WARMUP_TOKENS = 8
 LLAMA_VENV = Path("/tmp/qtui-llamacpp-venv")
+
+
+class BenchError(QtuiError):
+    """Benchmark options that cannot run (checked before any model is loaded)."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """One decode benchmark run, built once at the edge (``qtui bench`` or bench/decode.py)."""
+
+    model: str = "default"  # default | shape:NAME (engine.shapes) | any qtui model source
+    tokens: int = 128  # tokens decoded per run (>= 2)
+    threads: int = 2
+    repeats: int = 3
+    formats: tuple[str, ...] = FORMATS  # FMT or FMT:BACKEND
+    seed: int = 0  # for shape:* models
+    json_out: Path | None = None  # also write the results here
+    llama_cpp: bool = False  # add llama.cpp on the same GGUF (default model only)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BenchOptions:
+        """From either parser's namespace (``qtui bench`` has no ``--seed``; its ``--formats`` may be empty)."""
+        return cls(
+            model=args.model,
+            tokens=args.tokens,
+            threads=args.threads,
+            repeats=args.repeats,
+            formats=tuple(args.formats or FORMATS),
+            seed=getattr(args, "seed", 0),
+            json_out=Path(args.json_out) if args.json_out else None,
+            llama_cpp=bool(args.llama_cpp),
+        )
+
+    def check(self) -> None:
+        """Raise :class:`BenchError` for anything that would fail after the model is loaded."""
+        if self.tokens < 2 or self.repeats < 1 or self.threads < 1:
+            raise BenchError("--tokens must be >= 2, --repeats and --threads >= 1")
+        if self.model.startswith("shape:") and self.model[6:] not in SHAPES:
+            raise BenchError(f"{self.model}: unknown shape; known: {', '.join(SHAPES)}")
+        for entry in self.formats:
+            fmt_name, _, backend = entry.partition(":")
+            try:
+                fmt = get_format(fmt_name)
+            except FormatError as exc:
+                raise BenchError(str(exc)) from None
+            if backend and backend not in BACKENDS:
+                raise BenchError(f"{entry}: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+            if backend and not BACKENDS[backend].supports(fmt, torch.device("cpu")):
+                raise BenchError(f"{entry}: the {backend} backend cannot run {fmt.name} on this CPU")
+        if self.llama_cpp and self.model != "default":
+            raise BenchError("--llama-cpp needs --model default (the only model with a GGUF file)")
 
 
 @dataclass
@@ -68,20 +123,11 @@ class Source:
 
 
 # ------------------------------------------------------------------------------ models
-def qwen3_shape_model(seed: int = 0) -> torch.nn.Module:
-    """Random weights (bf16-exact float32) in Qwen3-0.6B's shape."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def shape_model(shape: str, seed: int = 0) -> torch.nn.Module:
+    """Random weights (bf16-exact float32) in the shape ``engine.shapes.SHAPES[shape]``."""
+    from transformers import Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    )
+    config = SHAPES[shape].config()
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
     with torch.no_grad():
@@ -91,11 +137,13 @@ def qwen3_shape_model(seed: int = 0) -> torch.nn.Module:
 
 
 def load_source(name: str, seed: int = 0) -> Source:
-    if name == "shape:qwen3-0.6b":
-        model = qwen3_shape_model(seed)
+    if name.startswith("shape:"):
+        shape = name.removeprefix("shape:")
+        model = shape_model(shape, seed)
         gen = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, model.config.vocab_size, (1, SHAPE_PROMPT_TOKENS), generator=gen)
-        return Source("random weights, Qwen3-0.6B shape", model, None, ids)
+        label = shape.replace("qwen3-", "Qwen3-").replace("b", "B")  # qwen3-0.6b -> Qwen3-0.6B
+        return Source(f"random weights, {label} shape", model, None, ids)
     loaded = sources.load(name)
     return Source(loaded.source.label, loaded.model, loaded.tokenizer, chat_ids(loaded.tokenizer, PROMPT))
 
@@ -135,7 +183,7 @@ def measure(variant: Variant, prompt_ids: torch.Tensor, tokens: int, repeats: in
     return Row(variant.name, variant.backend, tps, ttft, variant.weight_bytes(), tokens)
 
 
-def bench_formats(src: Source, formats: list[str], tokens: int, repeats: int) -> list[Row]:
+def bench_formats(src: Source, formats: tuple[str, ...], tokens: int, repeats: int) -> list[Row]:
     rows = []
     for entry in formats:
         print(f"  {entry} ...", file=sys.stderr, flush=True)
@@ -239,28 +287,6 @@ def try_llama_cpp(src: Source, tokens: int, threads: int, repeats: int) -> Row |
 
 
 # ------------------------------------------------------------------------------ report
-def machine(threads: int) -> dict[str, object]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import transformers
-
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": threads,
-    }
-
-
 def markdown(info: dict[str, object], src: Source, rows: list[Row], repeats: int) -> str:
     m = info["machine"]
     lines = [
@@ -281,56 +307,57 @@ def markdown(info: dict[str, object], src: Source, rows: list[Row], repeats: int
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> BenchOptions:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="default", help="default | shape:qwen3-0.6b | any qtui model source")
+    p.add_argument(
+        "--model",
+        default="default",
+        help=f"default | shape:NAME ({', '.join(SHAPES)}) | any qtui model source",
+    )
     p.add_argument("--tokens", type=int, default=128, help="tokens decoded per run (>= 2)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--formats", nargs="+", default=FORMATS, help="FMT or FMT:BACKEND, e.g. int4-g64:naive")
     p.add_argument("--seed", type=int, default=0, help="for shape:* models")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--json", dest="json_out", type=Path, help="also write the results here")
     p.add_argument("--llama-cpp", action="store_true", help="add llama.cpp on the same GGUF (default model)")
-    args = p.parse_args(argv)
-    if args.tokens < 2 or args.repeats < 1 or args.threads < 1:
-        p.error("--tokens must be >= 2, --repeats and --threads >= 1")
-    for entry in args.formats:  # fail before any model is loaded
-        fmt_name, _, backend = entry.partition(":")
-        try:
-            fmt = get_format(fmt_name)
-        except FormatError as exc:
-            p.error(str(exc))
-        if backend and backend not in BACKENDS:
-            p.error(f"{entry}: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-        if backend and not BACKENDS[backend].supports(fmt, torch.device("cpu")):
-            p.error(f"{entry}: the {backend} backend cannot run {fmt.name} on this CPU")
-    if args.llama_cpp and args.model != "default":
-        p.error("--llama-cpp needs --model default (the only model with a GGUF file)")
-    return args
+    options = BenchOptions.from_args(p.parse_args(argv))
+    try:
+        options.check()  # fail before any model is loaded
+    except BenchError as exc:
+        p.error(str(exc))
+    return options
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    src = load_source(args.model, args.seed)
-    rows = bench_formats(src, args.formats, args.tokens, args.repeats)
-    if args.llama_cpp and (row := try_llama_cpp(src, args.tokens, args.threads, args.repeats)):
+def run(opts: BenchOptions) -> dict[str, object]:
+    """Measure every format in ``opts``, print the Markdown table, write ``opts.json_out`` if set;
+    returns what the JSON holds."""
+    opts.check()
+    torch.set_num_threads(opts.threads)
+    src = load_source(opts.model, opts.seed)
+    rows = bench_formats(src, opts.formats, opts.tokens, opts.repeats)
+    if opts.llama_cpp and (row := try_llama_cpp(src, opts.tokens, opts.threads, opts.repeats)):
         rows.append(row)
     base = next((r.decode_tps for r in rows if r.format == "bf16"), None)
     for r in rows:
         r.vs_bf16 = r.decode_tps / base if base else None
     info = {
-        "machine": machine(args.threads),
-        "model": args.model,
+        "machine": machine(opts.threads),
+        "model": opts.model,
         "model_label": src.name,
         "prompt_tokens": int(src.prompt_ids.shape[1]),
-        "tokens": args.tokens,
-        "repeats": args.repeats,
+        "tokens": opts.tokens,
+        "repeats": opts.repeats,
         "rows": [asdict(r) for r in rows],
     }
-    print(markdown(info, src, rows, args.repeats))
-    if args.json:
-        args.json.write_text(json.dumps(info, indent=2) + "\n")
+    print(markdown(info, src, rows, opts.repeats))
+    if opts.json_out:
+        opts.json_out.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
     return 0
 
 
