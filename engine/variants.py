@@ -9,95 +9,61 @@ A SPEC is one of
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from engine import sources, store
 from engine.errors import Cancelled, QtuiError
+from engine.progress import ProgressFn
 from engine.quant.calibration import CalibrationSpec
 from engine.quant.calibration import build as build_calibration
-from engine.quant.formats import FormatSpec, get_format
-from engine.quant.methods import get_method
-from engine.quant.pipeline import QuantOptions, QuantReport, quantize_model
+from engine.quant.formats import get_format
+from engine.quant.pipeline import quantize_model
+from engine.request import QuantRequest
 from engine.runtime import Variant, load_variant, variant_from_model
-
-Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class Spec:
-    text: str
-    source: sources.ModelSource | None  # None when the spec is a saved variant folder
-    fmt: FormatSpec | None  # None: the source's 16-bit baseline
-    method: str = "rtn"
-    folder: Path | None = None  # a saved variant's folder
-
-    @property
-    def display(self) -> str:
-        if self.folder is not None and self.source is None:
-            return self.folder.name
-        return (
-            self.fmt.name if self.fmt and not self.fmt.is_float else (self.fmt.name if self.fmt else "bf16")
-        )
-
-
-def parse_spec(text: str, method: str = "rtn") -> Spec:
-    path = Path(text).expanduser()
-    if path.is_dir() and (path / store.MANIFEST).exists():
-        return Spec(text, None, None, method, path)
-    if not path.exists() and ":" in text:
-        model, _, fmt_name = text.rpartition(":")
-        return Spec(text, sources.resolve(model or "default"), get_format(fmt_name), method)
-    return Spec(text, sources.resolve(text), None, method)
-
-
-def variant_dir(source: sources.ModelSource, fmt: FormatSpec, method: str) -> Path:
-    return store.default_variant_dir(source.slug, fmt, method)
+from engine.specs import ModelSpec, parse_model_spec
 
 
 def quantize_and_save(
-    source: sources.ModelSource | sources.LoadedSource,
-    fmt: FormatSpec,
-    method: str = "rtn",
-    out: Path | None = None,
-    options: QuantOptions = QuantOptions(),
-    params: dict | None = None,
-    progress: Progress | None = None,
+    request: QuantRequest,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
-    overwrite: bool = False,
-    calibration: CalibrationSpec | None = None,
-) -> tuple[Path, QuantReport | None]:
-    """Quantize ``source`` into ``fmt`` with ``method`` and save it; returns the variant folder.
+    loaded: sources.LoadedSource | None = None,
+) -> store.SaveInfo:
+    """Quantize what ``request`` names and save it; returns what was saved (folder, manifest and
+    the quantization report), so nobody reads the manifest back from disk.
 
-    Calibrated methods (and ``options.keep_sensitive``) use ``calibration`` (default: the built-in
-    set, :class:`CalibrationSpec` defaults); passing one makes any method run block by block and
-    record per-Linear output errors.
+    ``loaded`` is the request's source already in memory (the app keeps it between jobs).
+    Calibrated methods (and ``keep_sensitive``) use ``request.calibration`` (default: the built-in
+    set); giving one makes any method run block by block and record per-Linear output errors.
     """
-    loaded = (
-        source
-        if isinstance(source, sources.LoadedSource)
-        else sources.load(source, progress=progress, cancel=cancel)
-    )
-    meth = get_method(method)
-    dest = Path(out) if out else variant_dir(loaded.source, fmt, meth.name)
-    if out is None and options.keep_sensitive:
-        dest = dest.with_name(f"{dest.name}-keep{options.keep_sensitive}x{options.sensitive_bits}")
+    if loaded is None:
+        loaded = sources.load(request.source, progress=progress, cancel=cancel)
+    fmt, meth, options = request.fmt, request.method, request.options
     calib = None
-    if not fmt.is_float and (calibration is not None or meth.needs_calibration or options.keep_sensitive):
-        calib = build_calibration(calibration or CalibrationSpec(), loaded.tokenizer)
+    if not fmt.is_float and (
+        request.calibration is not None or meth.needs_calibration or options.keep_sensitive
+    ):
+        calib = build_calibration(request.calibration or CalibrationSpec(), loaded.tokenizer)
     # work on a copy so the caller's float model stays usable (cheap for the sizes qtui targets)
-    import copy
-
     model = copy.deepcopy(loaded.model)
     report = None
     if fmt.is_float:
         model.to(fmt.torch_dtype)
     else:
-        report = quantize_model(model, fmt, meth, params, options, progress, cancel, calibration=calib)
+        report = quantize_model(
+            model,
+            fmt,
+            meth,
+            request.config,
+            options,
+            progress,
+            cancel,
+            calibration=calib,
+            device=request.device,
+        )
     if cancel is not None and cancel.is_set():
         raise Cancelled("quantization cancelled; nothing was saved")
     info = {
@@ -106,22 +72,22 @@ def quantize_and_save(
         "label": loaded.source.label,
         "hash": loaded.content_hash,
     }
-    saved = store.save_variant(
-        model, loaded.tokenizer, dest, fmt, meth.name, info, report, progress, cancel, overwrite=overwrite
-    )
-    return saved.path, report
+    return store.save_variant(
+        model, loaded.tokenizer, request.dest, fmt, meth.name, info, report, progress, cancel,
+        overwrite=request.overwrite,
+    )  # fmt: skip
 
 
 def open_spec(
-    spec: Spec | str,
+    spec: ModelSpec | str,
     device=None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     loaded_cache: dict | None = None,
 ) -> Variant:
     """Load what ``spec`` names, quantizing and saving it first when needed."""
     if isinstance(spec, str):
-        spec = parse_spec(spec)
+        spec = parse_model_spec(spec)
     if spec.folder is not None:
         return load_variant(spec.folder, device)
     assert spec.source is not None
@@ -130,10 +96,11 @@ def open_spec(
         loaded = _load_source(spec.source, progress, cancel, loaded_cache)
         model = _copy_model(loaded.model, torch.bfloat16)
         return variant_from_model("bf16", model, loaded.tokenizer, get_format("bf16"), device)
-    folder = variant_dir(spec.source, fmt, spec.method)
+    request = QuantRequest.build(spec.source, fmt, spec.method)
+    folder = request.dest
     if not (folder / store.MANIFEST).exists():
         loaded = _load_source(spec.source, progress, cancel, loaded_cache)
-        folder, _ = quantize_and_save(loaded, fmt, spec.method, folder, progress=progress, cancel=cancel)
+        folder = quantize_and_save(request, progress, cancel, loaded=loaded).path
     return load_variant(folder, device)
 
 
@@ -148,8 +115,6 @@ def _load_source(source, progress, cancel, cache: dict | None) -> sources.Loaded
 
 
 def _copy_model(model, dtype):
-    import copy
-
     return copy.deepcopy(model).to(dtype)
 
 

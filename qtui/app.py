@@ -11,6 +11,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import App
@@ -24,6 +25,9 @@ from qtui.config import Settings
 from qtui.screens.registry import SCREENS
 from qtui.services import EngineService, Loaded, Service
 from qtui.state import Metrics, QuantJob
+
+if TYPE_CHECKING:
+    from engine.request import QuantRequest
 
 
 class QtuiCommands(Provider):
@@ -123,10 +127,7 @@ class QtuiApp(App):
             self.metrics.cuda.append(cuda / 1e6)
 
     def gen_settings(self) -> GenSettings:
-        s = self.settings
-        return GenSettings(
-            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed
-        )
+        return self.settings.generation()
 
     # -------------------------------------------------------------------- navigation
     def action_switch_to(self, name: str) -> None:
@@ -174,9 +175,10 @@ class QtuiApp(App):
         if not missing:
             self.service.release_sources()
         for fmt in missing:
-            self.call_from_thread(
-                self.enqueue_quantize, model, fmt, self.settings.method, self.settings.device, True
+            request = self.service.quantize_request(
+                model, fmt, self.settings.method, device=self.settings.device
             )
+            self.call_from_thread(self.enqueue_quantize, request, True)
 
     def _saved(self, model: str):
         try:
@@ -236,19 +238,8 @@ class QtuiApp(App):
             chat.sync_columns()
 
     # -------------------------------------------------------------------- quantization queue
-    def enqueue_quantize(
-        self,
-        source: str,
-        fmt: str,
-        method: str,
-        device: str,
-        then_load: bool = False,
-        params: dict | None = None,
-        calibration: str = "",
-    ) -> QuantJob:
-        job = QuantJob(source, fmt, method, device, then_load=then_load, params=params or {},
-                       calibration=calibration)  # fmt: skip
-
+    def enqueue_quantize(self, request: QuantRequest, then_load: bool = False) -> QuantJob:
+        job = QuantJob(request, then_load=then_load)
         self.jobs[job.id] = job
         self.run_queue()
         if then_load and self.screen is self.get_screen("chat"):
@@ -271,17 +262,7 @@ class QtuiApp(App):
 
         job.status, job.started = "running", time.monotonic()
         try:
-            info = self.service.quantize(
-                job.source,
-                job.fmt,
-                job.method,
-                job.device,
-                job.progress,
-                job.cancel,
-                job.params,
-                job.calibration,
-            )
-
+            info = self.service.quantize(job.request, job.progress, job.cancel)
         except Cancelled:
             job.status = "cancelled"
         except Exception as exc:

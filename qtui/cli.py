@@ -41,59 +41,63 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
-def cmd_quantize(args) -> int:
-    from engine import sources, variants
+def quantize_request(args):
+    """The one typed request for ``qtui quantize``, built from the flags and checked before any load."""
+    from engine import specs, typed
     from engine.quant.calibration import CalibrationSpec
     from engine.quant.formats import get_format
-    from engine.quant.methods import get_method, parse_param
     from engine.quant.pipeline import QuantOptions
+    from engine.request import QuantRequest
 
-    sym = None if args.sym is None else args.sym
-    fmt = get_format(args.format, args.group_size, sym)
-    get_method(args.method).check_format(fmt)
-    params = dict(parse_param(p) for p in args.method_param)
     calib = None
     if args.calib or args.samples or args.seq_len:
         d = CalibrationSpec()
-        calib = CalibrationSpec(args.calib or d.source, args.samples or d.samples, args.seq_len or d.seq_len)
+        calib = specs.calibration_spec(
+            {
+                "source": args.calib or d.source,
+                "samples": args.samples or d.samples,
+                "seq_len": args.seq_len or d.seq_len,
+            }
+        )
     options = QuantOptions(
         args.quantize_embeddings,
         args.quantize_head,
         keep_sensitive=args.keep_sensitive,
         sensitive_bits=args.sensitive_bits,
     )
-    source = sources.resolve(args.model)
-    out = Path(args.out) if args.out else variants.variant_dir(source, fmt, args.method)
-    if not args.out and args.keep_sensitive:
-        out = out.with_name(f"{out.name}-keep{args.keep_sensitive}x{args.sensitive_bits}")
-    if (out / "qtui-manifest.json").exists() and not args.force:
-        print(f"already saved: {out} (use --force to redo)")
+    return QuantRequest.build(
+        args.model,
+        get_format(args.format, args.group_size, args.sym),
+        args.method,
+        typed.parse_assignments(args.method_param, "method parameter"),
+        calib,
+        options,
+        args.device,
+        args.out,
+        overwrite=args.force,
+    )
+
+
+def cmd_quantize(args) -> int:
+    from engine import store, typed, variants
+
+    request = quantize_request(args)
+    if (request.dest / store.MANIFEST).exists() and not args.force:
+        print(f"already saved: {request.dest} (use --force to redo)")
         return EXIT_OK
     bar = ProgressLine()
     cancel = threading.Event()
     t0 = time.monotonic()
     try:
-        path, report = variants.quantize_and_save(
-            source,
-            fmt,
-            args.method,
-            out,
-            options,
-            params=params,
-            progress=bar,
-            cancel=cancel,
-            overwrite=args.force,
-            calibration=calib,
-        )
+        saved = variants.quantize_and_save(request, bar, cancel)
     finally:
         bar.close()
-    from engine import store
-
-    m = store.read_manifest(path)
-    print(f"saved {fmt.name} ({args.method}) to {path}")
+    m, report = saved.manifest, saved.report
+    params = " ".join(f"{k}={v}" for k, v in typed.values(report.config).items()) if report else ""
+    print(f"saved {request.fmt.name} ({request.method.name}{' ' + params if params else ''}) to {saved.path}")
     print(
-        f"  {_human(m['bytes_on_disk'])} on disk, {m['bits_per_weight']['quantized_tensors']} bits/weight "
-        f"in quantized tensors, {time.monotonic() - t0:.1f} s"
+        f"  {_human(m.bytes_on_disk)} on disk, {m.bits_per_weight} bits/weight "
+        f"in quantized tensors, {time.monotonic() - t0:.1f} s on {request.device}"
     )
     if report and report.layers:
         worst = max(report.layers, key=lambda r: r.weight_rel_error)
@@ -105,7 +109,6 @@ def cmd_quantize(args) -> int:
 
 def cmd_variants(args) -> int:
     from engine import store
-    from engine.quant.formats import get_format
     from engine.quant.layers import pick_backend
     from engine.runtime import compute_dtype, default_device
 
@@ -117,7 +120,7 @@ def cmd_variants(args) -> int:
                     {
                         "path": str(p),
                         **{
-                            k: m[k]
+                            k: m.raw[k]
                             for k in (
                                 "format",
                                 "method",
@@ -140,14 +143,13 @@ def cmd_variants(args) -> int:
     device = default_device()
     print(f"{'source':12} {'variant':22} {'bits/w':>7} {'size':>9}  backend ({device.type})  path")
     for path, m in found:
-        fmt = get_format(m["format"]["name"])
+        fmt = m.fmt
         backend = (
             "dense 16-bit" if fmt.is_float else pick_backend(fmt, device, compute_dtype(fmt, device)).name
         )
-        name = store.variant_name(fmt, m["method"]["name"])
         print(
-            f"{m['source'].get('id', '?')[:12]:12} {name:22} {m['bits_per_weight']['quantized_tensors']:7.2f} "
-            f"{_human(m['bytes_on_disk']):>9}  {backend:14} {path}"
+            f"{(m.source.id or '?')[:12]:12} {path.name:22} {m.bits_per_weight:7.2f} "
+            f"{_human(m.bytes_on_disk):>9}  {backend:14} {path}"
         )
     return EXIT_OK
 
@@ -287,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         "-f",
         required=True,
-        help="bf16 f16 int8 int4 int2 q1_0_g128 w8a8 int4fz int2fz (or int4-g128...)",
+        help="bf16 f16 int8 int4 int3 int2 q1_0_g128 w8a8 int4fz int2fz (or int4-g128...)",
     )
     q.add_argument("--group-size", "-g", type=int, default=None, help="32, 64, 128 or 256 (int4/int2)")
     sym = q.add_mutually_exclusive_group()
@@ -302,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="method parameter, repeatable (gptq: act_order=true percdamp=0.01; awq: n_grid=20; "
-        "hqq: iters=20; smoothquant: alpha=0.5)",
+        help="method parameter, repeatable; unknown keys are refused (gptq: blocksize percdamp act_order "
+        "mse; awq: n_grid; hqq: lp_norm beta kappa iters refit; smoothquant: alpha); see docs/methods.md",
     )
     q.add_argument(
         "--calib", help="calibration data: builtin (default) or a .txt / .jsonl file (calibrated methods)"
@@ -318,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the K Linears with the largest output error at --sensitive-bits",
     )
     q.add_argument("--sensitive-bits", type=int, choices=(8, 16), default=8, help="8 (int8) or 16 (bf16)")
+    q.add_argument("--device", default="cpu", help="where to quantize: cpu (default), cuda, cuda:N or auto")
     q.add_argument("--out", help="variant folder (default: the data folder)")
     q.add_argument("--quantize-embeddings", action="store_true", help="also quantize the token embeddings")
     q.add_argument("--quantize-head", action="store_true", help="also quantize the LM head")

@@ -6,16 +6,22 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from engine import paths
+from engine import paths, specs, typed
+from engine.errors import QtuiError
+from engine.runtime import GenSettings
+
+GENERATION = ("max_new_tokens", "temperature", "top_p", "seed")
 
 
 @dataclass
 class Settings:
+    """What the app remembers, as parsed values (never raw text a later reader must re-parse)."""
+
     model: str = "default"
     formats: list[str] = field(default_factory=lambda: ["int4-g64"])
     method: str = "rtn"
-    method_params: str = ""  # "KEY=VALUE ..." passed to the method
-    calibration: str = ""  # "" (built-in defaults) or SOURCE[:SAMPLESxSEQ_LEN]
+    method_params: dict[str, object] = field(default_factory=dict)  # the values changed from defaults
+    calibration: dict[str, object] | None = None  # CalibrationSpec fields; None = built-in defaults
 
     device: str = "cpu"
     max_new_tokens: int = 128
@@ -23,6 +29,15 @@ class Settings:
     top_p: float = 1.0
     seed: int = 0
     theme: str = "textual-dark"
+
+    def generation(self) -> GenSettings:
+        return GenSettings(**{name: getattr(self, name) for name in GENERATION})
+
+    def set_generation(self, values: dict[str, object]) -> None:
+        """Check ``values`` (strings or numbers) as generation settings and keep them."""
+        gen = typed.build(GenSettings, values, "generation settings")
+        for name in GENERATION:
+            setattr(self, name, getattr(gen, name))
 
     @classmethod
     def path(cls) -> Path:
@@ -35,11 +50,48 @@ class Settings:
         except (OSError, ValueError):
             return cls()
         known = {f.name for f in fields(cls)}
-        clean = {k: v for k, v in data.items() if k in known}
+        clean = {k: v for k, v in data.items() if k in known} if isinstance(data, dict) else {}
         try:
-            return cls(**clean)
+            settings = cls(**clean)
         except TypeError:
             return cls()
+        return settings._checked()
+
+    def _checked(self) -> Settings:
+        """Values from an older or hand-edited file, parsed; what cannot be parsed is reset."""
+        defaults = Settings()
+        if isinstance(self.method_params, str):  # written by qtui <= 0.1 as "KEY=VALUE ..."
+            try:
+                self.method_params = dict(typed.parse_assignments(self.method_params))
+            except QtuiError:
+                self.method_params = {}
+        if isinstance(self.calibration, str):
+            try:
+                spec = specs.parse_calibration(self.calibration)
+                self.calibration = typed.values(spec) if spec else None
+            except QtuiError:
+                self.calibration = None
+        if not isinstance(self.method_params, dict):
+            self.method_params = {}
+        if self.calibration is not None and not isinstance(self.calibration, dict):
+            self.calibration = None
+        try:
+            self.set_generation({name: getattr(self, name) for name in GENERATION})
+        except QtuiError:
+            for name in GENERATION:
+                setattr(self, name, getattr(defaults, name))
+        return self
+
+    @property
+    def params_text(self) -> str:
+        return " ".join(
+            f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.method_params.items()
+        )
+
+    @property
+    def calibration_text(self) -> str:
+        c = self.calibration
+        return f"{c['source']}:{c['samples']}x{c['seq_len']}" if c else ""
 
     def save(self) -> None:
         path = self.path()

@@ -8,15 +8,16 @@ Screens call an :class:`EngineService`; tests pass a scripted fake with the same
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from engine.manifest import Manifest
+from engine.progress import ProgressFn
+from engine.request import QuantRequest
 from engine.runtime import GenResult, GenSettings, Token
 from engine.sources import ModelSource
-
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class VariantInfo:
     path: Path
     bytes_on_disk: int
     bits_per_weight: float
+
+    @classmethod
+    def of(cls, path: Path, m: Manifest) -> VariantInfo:
+        return cls(path.name, m.format_name, m.method, path, m.bytes_on_disk, m.bits_per_weight)
 
 
 @dataclass
@@ -61,19 +66,20 @@ class Service(Protocol):
     def devices(self) -> list[str]: ...
     def saved_variants(self, source_ref: str) -> list[VariantInfo]: ...
     def expected_bytes(self, source_ref: str, fmt: str) -> int | None: ...
-    def quantize(
+    def quantize_request(
         self,
         source_ref: str,
         fmt: str,
         method: str,
-        device: str,
-        progress: Progress,
-        cancel: threading.Event,
-        params: dict | None = None,
+        params: str = "",
         calibration: str = "",
+        device: str = "cpu",
+    ) -> QuantRequest: ...
+    def quantize(
+        self, request: QuantRequest, progress: ProgressFn, cancel: threading.Event
     ) -> VariantInfo: ...
 
-    def load(self, spec: str, device: str, progress: Progress, cancel: threading.Event) -> Loaded: ...
+    def load(self, spec: str, device: str, progress: ProgressFn, cancel: threading.Event) -> Loaded: ...
     def stream(
         self, loaded: Loaded, messages: list[dict], settings: GenSettings, cancel: threading.Event
     ) -> Generator[Token, None, GenResult]: ...
@@ -87,7 +93,7 @@ class Service(Protocol):
         task: str,
         mode: str,
         limit: int | None,
-        progress: Progress,
+        progress: ProgressFn,
         cancel: threading.Event,
     ): ...
 
@@ -128,37 +134,20 @@ class EngineService:
         from engine.quant.methods import get_method
 
         try:
-            m = get_method(name)
+            return get_method(name).hint()
         except Exception:
             return "method params: key=value ..."
-        params = " ".join(f"{k}={str(v).lower()}" for k, v in m.default_params.items())
-        calib = "calibrated" if m.needs_calibration else "no calibration"
-        return f"{m.name} ({calib}): {params or 'no parameters'}"
 
     def devices(self) -> list[str]:
-        import torch
+        from engine import devices
 
-        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+        return devices.available()
 
     def saved_variants(self, source_ref: str) -> list[VariantInfo]:
         from engine import sources, store
 
         slug = sources.resolve(source_ref).slug
-        out = []
-        for path, m in store.list_variants():
-            if path.parent.name != slug:
-                continue
-            out.append(
-                VariantInfo(
-                    path.name,
-                    m["format"]["name"],
-                    m["method"]["name"],
-                    path,
-                    m["bytes_on_disk"],
-                    m["bits_per_weight"]["quantized_tensors"],
-                )
-            )
-        return out
+        return [VariantInfo.of(path, m) for path, m in store.list_variants() if path.parent.name == slug]
 
     def expected_bytes(self, source_ref: str, fmt: str) -> int | None:
         from engine import sizing, sources
@@ -169,7 +158,7 @@ class EngineService:
             return None
         return sizing.estimate_bytes(source.path, get_format(fmt))
 
-    def _source(self, ref: str, progress: Progress, cancel: threading.Event):
+    def _source(self, ref: str, progress: ProgressFn, cancel: threading.Event):
         from engine import sources
 
         with self._lock:
@@ -177,35 +166,36 @@ class EngineService:
                 self._loaded_sources[ref] = sources.load(ref, progress=progress, cancel=cancel)
             return self._loaded_sources[ref]
 
-    def quantize(
-        self, source_ref, fmt, method, device, progress, cancel, params=None, calibration=""
-    ) -> VariantInfo:
-        from engine import store, variants
-        from engine.quant.formats import get_format
+    def quantize_request(
+        self, source_ref, fmt, method, params="", calibration="", device="cpu"
+    ) -> QuantRequest:
+        """The typed request for one job, checked here (unknown parameters, bad values, a device
+        this machine lacks are one-line errors before anything is queued)."""
+        from engine.request import QuantRequest
 
-        loaded = self._source(source_ref, progress, cancel)
-        spec = get_format(fmt)
-        path, _ = variants.quantize_and_save(
-            loaded, spec, method, params=params or None, progress=progress, cancel=cancel, overwrite=True,
-            calibration=parse_calibration(calibration),
-        )  # fmt: skip
-
-        m = store.read_manifest(path)
-        return VariantInfo(
-            path.name, spec.name, method, path, m["bytes_on_disk"], m["bits_per_weight"]["quantized_tensors"]
+        return QuantRequest.build(
+            source_ref, fmt, method, params, calibration or None, device=device, overwrite=True
         )
 
-    def load(self, spec, device, progress, cancel) -> Loaded:
-        from engine import store, variants
+    def quantize(self, request, progress, cancel) -> VariantInfo:
+        from engine import variants
 
-        parsed = variants.parse_spec(spec)
+        loaded = self._source(request.source.ref, progress, cancel)
+        saved = variants.quantize_and_save(request, progress, cancel, loaded=loaded)
+        return VariantInfo.of(saved.path, saved.manifest)
+
+    def load(self, spec, device, progress, cancel) -> Loaded:
+        from engine import specs, store, variants
+
+        parsed = specs.parse_model_spec(spec)
         cache = None
         if parsed.source is not None:
             cache = {parsed.source.ref: self._source(parsed.source.ref, progress, cancel)}
         variant = variants.open_spec(parsed, device, progress, cancel, loaded_cache=cache)
         variant.warm_up(progress)
-        disk = variant.manifest["bytes_on_disk"] if variant.manifest else variant.weight_bytes()
-        bpw = variant.manifest["bits_per_weight"]["quantized_tensors"] if variant.manifest else 16.0
+        m = variant.manifest
+        disk = m.bytes_on_disk if m else variant.weight_bytes()
+        bpw = m.bits_per_weight if m else 16.0
         name = variant.name if parsed.folder is None else store.variant_name(variant.fmt, parsed.method)
         return Loaded(name, variant.backend, variant.weight_bytes(), disk, bpw, variant)
 
@@ -245,33 +235,3 @@ class EngineService:
         base = baseline.handle if baseline is not None else None
         subject = api.subject_from_variant(loaded.handle, base)
         return api.run(subject, task, mode, limit, progress=progress, cancel=cancel)
-
-
-def parse_params(text: str) -> dict:
-    """``"damp=0.01 act_order=true"`` -> {"damp": 0.01, "act_order": True} (method parameters)."""
-    from engine.quant.methods import parse_param
-
-    return dict(parse_param(part) for part in text.split())
-
-
-def parse_calibration(text: str):
-    """``""`` (defaults), ``"builtin:16x256"``, ``"notes.txt"`` or ``"notes.txt:32x512"``."""
-    from engine.errors import QtuiError
-    from engine.quant.calibration import CalibrationSpec
-
-    text = text.strip()
-    if not text:
-        return None
-    source, _, shape = (
-        text.rpartition(":") if ":" in text and "x" in text.rsplit(":", 1)[1] else (text, "", "")
-    )
-    spec = CalibrationSpec(source=source or "builtin")
-    if shape:
-        try:
-            samples, seq_len = (int(v) for v in shape.lower().split("x"))
-        except ValueError as exc:
-            raise QtuiError(
-                f"calibration {text!r}: expected SOURCE:SAMPLESxSEQ_LEN, e.g. builtin:16x256"
-            ) from exc
-        spec = CalibrationSpec(source=spec.source, samples=samples, seq_len=seq_len)
-    return spec

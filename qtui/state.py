@@ -10,36 +10,48 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
+from engine import typed
+from engine.progress import Progress, ProgressClock
+from engine.request import QuantRequest
 from engine.telemetry import RingBuffer
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
 _ids = itertools.count(1)
 
 
 @dataclass
 class QuantJob:
-    source: str
-    fmt: str
-    method: str
-    device: str
+    request: QuantRequest  # built and checked where the user asked (Models screen, start-up)
     id: int = field(default_factory=lambda: next(_ids))
-    status: str = "queued"  # queued | running | done | failed | cancelled
-    done: int = 0
-    total: int = 0
-    text: str = ""
+    status: JobStatus = "queued"
+    progress_now: Progress | None = None  # the latest progress, with its ETA (engine.progress)
     started: float = 0.0
     finished: float = 0.0
     error: str = ""
     bytes_on_disk: int = 0
     then_load: bool = False  # load into chat when done (start-up formats)
-    params: dict = field(default_factory=dict)  # method parameters
-    calibration: str = ""  # "" = defaults, or SOURCE[:SAMPLESxSEQ_LEN]
-
     cancel: threading.Event = field(default_factory=threading.Event)
+    clock: ProgressClock = field(default_factory=ProgressClock, repr=False)
+
+    @property
+    def source(self) -> str:
+        return self.request.source.ref
+
+    @property
+    def fmt(self) -> str:
+        return self.request.fmt.name
+
+    @property
+    def method(self) -> str:
+        return self.request.method.name
 
     @property
     def label(self) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in self.params.items())
+        changed = typed.changed(self.request.config)
+        extra = " ".join(f"{k}={v}" for k, v in changed.items())
         return f"{self.source}:{self.fmt} ({self.method}{' ' + extra if extra else ''})"
 
     @property
@@ -49,13 +61,25 @@ class QuantJob:
         return (self.finished or time.monotonic()) - self.started
 
     @property
+    def done(self) -> int:
+        return self.progress_now.done if self.progress_now else 0
+
+    @property
+    def total(self) -> int:
+        return self.progress_now.total if self.progress_now else 0
+
+    @property
+    def text(self) -> str:
+        return self.progress_now.text if self.progress_now else ""
+
+    @property
     def eta(self) -> float | None:
-        if self.status != "running" or not self.total or not self.done:
+        if self.status != "running" or self.progress_now is None:
             return None
-        return self.elapsed / self.done * (self.total - self.done)
+        return self.progress_now.eta
 
     def progress(self, done: int, total: int, text: str) -> None:
-        self.done, self.total, self.text = done, total, text
+        self.progress_now = self.clock(done, total, text)
 
 
 @dataclass

@@ -129,3 +129,27 @@ def formats_ready(app) -> bool:
         return False
     options = [str(picker.first().get_option_at_index(i).prompt) for i in range(picker.first().option_count)]
     return any("114.8 MB" in text for text in options)
+
+
+def quantize_saved(
+    loaded,
+    fmt,
+    method="rtn",
+    out=None,
+    options=None,
+    params=None,
+    progress=None,
+    cancel=None,
+    overwrite=False,
+    calibration=None,
+):
+    """``variants.quantize_and_save`` for a source already loaded in a test: builds the request
+    as the CLI does and returns ``(folder, report)``."""
+    from engine import variants
+    from engine.request import QuantRequest
+
+    request = QuantRequest.build(
+        loaded.source, fmt, method, params, calibration, options, "cpu", out, overwrite=overwrite
+    )
+    saved = variants.quantize_and_save(request, progress, cancel, loaded=loaded)
+    return saved.path, saved.report

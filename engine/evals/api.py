@@ -29,9 +29,9 @@ from engine.evals.data import ASSETS, SHARED_SAMPLES, DataError, file_hash
 from engine.evals.loglik import pick, score_pairs
 from engine.evals.tasks import Task, get_task
 from engine.machine import machine_text
+from engine.progress import ProgressFn
 from engine.runtime import Variant
 
-Progress = Callable[[int, int, str], None]
 MODES = ("loglik", "generate", "fidelity")
 
 
@@ -64,8 +64,8 @@ def variant_hash(variant: Variant) -> str:
     if cached:
         return cached
     h = hashlib.sha256()
-    if variant.manifest and variant.manifest.get("tensor_sha256"):
-        h.update(json.dumps(variant.manifest["tensor_sha256"], sort_keys=True).encode())
+    if variant.manifest is not None and variant.manifest.tensor_sha256:
+        h.update(json.dumps(variant.manifest.tensor_sha256, sort_keys=True).encode())
     else:
         for name, t in sorted(variant.model.state_dict().items()):
             h.update(name.encode())
@@ -84,36 +84,36 @@ def subject_from_variant(variant: Variant, baseline: Variant | None = None) -> S
 def open_subject(
     spec: str,
     device=None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     loaded_cache: dict | None = None,
 ) -> Subject:
     """Open a SPEC as ``qtui chat`` does (``default``, ``default:int4-g64``, a variant folder)."""
-    from engine import sources, variants
+    from engine import sources, specs, variants
 
     cache = loaded_cache if loaded_cache is not None else {}
     progress = progress or _noop
-    parsed = variants.parse_spec(spec)
+    parsed = specs.parse_model_spec(spec)
     variant = variants.open_spec(parsed, device, progress, cancel, loaded_cache=cache)
-    manifest = variant.manifest or {}
+    manifest = variant.manifest  # None for a baseline made in memory
     if parsed.source is not None:
         source = parsed.source
     else:
         try:
-            source = sources.resolve(manifest.get("source", {}).get("id", ""))
+            source = sources.resolve(manifest.source.id if manifest else "")
         except QtuiError:
             source = None
 
     def baseline() -> Variant:
         if source is None:
             raise QtuiError(f"{spec}: its source model cannot be found, so fidelity has no baseline")
-        return variants.open_spec(variants.Spec(source.ref, source, None), device, progress, cancel, cache)
+        return variants.open_spec(specs.ModelSpec(source.ref, source, None), device, progress, cancel, cache)
 
-    src_hash = manifest.get("source", {}).get("hash")
+    src_hash = manifest.source.hash if manifest else None
     if src_hash is None and source is not None and source.ref in cache:
         src_hash = cache[source.ref].content_hash
     base_key = f"bf16-of:{src_hash}" if src_hash else None
-    if manifest:
+    if manifest is not None:
         key = variant_hash(variant)
     else:  # a bf16 baseline opened from its source
         key = base_key or variant_hash(variant)
@@ -133,7 +133,7 @@ def run(
     limit: int | None = None,
     data: Path | str | None = None,
     settings: EvalSettings = EvalSettings(),
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     use_cache: bool = True,
 ) -> res.TaskResult:

@@ -13,12 +13,11 @@ k=4096 is the default (6 bytes x 4096 per scored token: ~100 MB for 4096 tokens)
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-Progress = Callable[[int, int, str], None]
+from engine.progress import ProgressFn
 
 
 @dataclass
@@ -70,7 +69,7 @@ def reference(
     model,
     windows: list[torch.Tensor],
     k: int = 4096,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> Reference:
     tops, logps, trues, argmax = [], [], [], []
@@ -103,7 +102,7 @@ def kld_topk(ref_ids: torch.Tensor, ref_logp: torch.Tensor, logp: torch.Tensor) 
 
 
 def compare(
-    model, ref: Reference, progress: Progress | None = None, cancel: threading.Event | None = None
+    model, ref: Reference, progress: ProgressFn | None = None, cancel: threading.Event | None = None
 ) -> Fidelity:
     klds, agree, nll = [], [], []
     offset = 0

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from engine.errors import Cancelled
-
-Progress = Callable[[int, int, str], None]
+from engine.progress import ProgressFn
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def score_pairs(
     pairs: list[tuple[str, str]],
     batch_tokens: int = 4096,
     max_batch: int = 64,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> list[Choice]:
     """Score every (context, continuation) pair; returns one :class:`Choice` per pair, in order."""

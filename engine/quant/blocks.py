@@ -26,8 +26,16 @@ from torch import nn
 from engine.errors import Cancelled
 from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 from engine.quant.layers import QLinear
-from engine.quant.methods import LinearStats, MethodSpec
-from engine.quant.pipeline import LayerReport, QuantOptions, QuantReport, decoder_layers, set_module
+from engine.quant.methods import LinearStats, MethodConfig, MethodSpec
+from engine.quant.plan import (
+    LayerReport,
+    QuantOptions,
+    QuantReport,
+    decoder_layers,
+    input_transform_of,
+    set_module,
+    weight_errors,
+)
 
 _DROP = ("past_key_values", "past_key_value", "cache", "use_cache", "output_attentions")
 
@@ -107,14 +115,6 @@ def _hidden(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _weight_errors(w: torch.Tensor, wq: torch.Tensor, x: torch.Tensor) -> tuple[float, float, float]:
-    err = (w - wq).pow(2).sum()
-    power = w.pow(2).sum().clamp(min=1e-30)
-    y = x @ w.t()
-    out = float((x @ (w - wq).t()).norm() / y.norm().clamp(min=1e-30))
-    return float((err / power).sqrt()), float(10 * torch.log10(power / err.clamp(min=1e-30))), out
-
-
 @torch.no_grad()
 def collect_stats(block: nn.Module, inputs: list[tuple], sample_tokens: int) -> dict[str, LinearStats]:
     """Run ``block`` over ``inputs`` and return {linear name: stats of its input} (shared objects)."""
@@ -157,7 +157,7 @@ def quantize_blocks(
     model: nn.Module,
     fmt: FormatSpec,
     method: MethodSpec,
-    params: dict,
+    cfg: MethodConfig,
     options: QuantOptions,
     report: QuantReport,
     ids: torch.Tensor,
@@ -176,7 +176,7 @@ def quantize_blocks(
         block.to(device=device, dtype=torch.float32)
         stats = collect_stats(block, inputs, options.sample_tokens)
         if method.prepare_block is not None:
-            report.block_info.append({"block": b, **method.prepare_block(block, stats, fmt, params)})
+            report.block_info.append({"block": b, **method.prepare_block(block, stats, fmt, cfg)})
         linears = [(n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear)]
         for job in _jobs(linears, stats):
             if cancel is not None and cancel.is_set():
@@ -188,7 +188,7 @@ def quantize_blocks(
             weights = [m.weight.detach().float() for _, m in job]
             # Linears reading one input are quantized as one matrix (rows are independent in
             # every method here; GPTQ then runs its column loop once for q, k and v)
-            whole = method.linear(torch.cat(weights), st, fmt, params)
+            whole = method.linear(torch.cat(weights), st, fmt, cfg)
             seconds = (time.perf_counter() - t0) / len(job)
             x = st.sample if st is not None else torch.zeros(1, weights[0].shape[1], device=device)
             row = 0
@@ -196,8 +196,10 @@ def quantize_blocks(
                 full = f"model.layers.{b}.{name}"
                 qw = _rows(whole, row, w.shape[0])
                 row += w.shape[0]
-                rel, sqnr, out = _weight_errors(w, qw.dequantize(torch.float32), x)
-                set_module(block, name, QLinear(qw, module.bias))
+                rel, sqnr, out = weight_errors(w, qw.dequantize(torch.float32), x)
+                out = float(out)  # x is given: always a number
+                # codes live on the CPU: only the block being worked on stays on the device
+                set_module(block, name, QLinear(qw.to("cpu"), module.bias, input_transform_of(module)))
                 report.layers.append(LayerReport(full, qw.shape, fmt.name, seconds, rel, sqnr, out))
                 if options.keep_sensitive:
                     item = (out, full, w.cpu(), len(report.layers) - 1)
@@ -238,10 +240,7 @@ def _keep_sensitive(model: nn.Module, kept: list, options: QuantOptions, report:
         else:
             qw = get_format("int8").quantize(w)
             new = QLinear(qw, bias)
-            wq = qw.dequantize(torch.float32)
-            err = (w - wq).pow(2).sum()
-            rel = float((err / w.pow(2).sum()).sqrt())
-            sqnr = float(10 * torch.log10(w.pow(2).sum() / err.clamp(min=1e-30)))
+            rel, sqnr, _ = weight_errors(w, qw.dequantize(torch.float32))
             label = "int8"
         set_module(model, name, new)
         layer = report.layers[index]

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import QtuiError
+from engine.typed import option
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "calibration"
 BUILTIN = "builtin"
@@ -34,9 +35,9 @@ class CalibrationError(QtuiError):
 
 @dataclass(frozen=True)
 class CalibrationSpec:
-    source: str = BUILTIN  # "builtin" or a path to a .txt / .jsonl file
-    samples: int = 16
-    seq_len: int = 256
+    source: str = option(BUILTIN, '"builtin" or a path to a .txt / .jsonl file')
+    samples: int = option(16, "calibration windows", min=1, max=4096)
+    seq_len: int = option(256, "tokens per window", min=8, max=32768)
 
 
 @dataclass

@@ -18,6 +18,7 @@ store and the methods work from the spec's fields, never from its name.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +64,14 @@ class QuantizedWeight:
 
     @property
     def nbytes(self) -> int:
-        total = self.qweight.numel() + self.scales.numel() * 2
-        return total + (self.qzeros.numel() * self.qzeros.element_size() if self.qzeros is not None else 0)
+        """Bytes of the stored tensors, measured (``FormatSpec.storage_bytes`` predicts it)."""
+        tensors = [self.qweight, self.scales] + ([self.qzeros] if self.qzeros is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def to(self, device: torch.device | str) -> QuantizedWeight:
+        """The same weight with its tensors on ``device``."""
+        moved = (t.to(device) if t is not None else None for t in (self.qweight, self.scales, self.qzeros))
+        return QuantizedWeight(self.fmt, self.shape, *moved)
 
 
 @dataclass(frozen=True)
@@ -93,15 +100,29 @@ class FormatSpec:
     def group_for(self, in_features: int) -> int:
         return self.group_size or in_features
 
-    def bits_per_weight(self, in_features: int | None = None) -> float:
-        """Storage bits per real weight: codes + f16 scale (+ 8-bit zero) per group (+ padding)."""
+    @property
+    def zero_bytes(self) -> int:
+        """Bytes of one stored zero point per group: 0 (symmetric), 1 (uint8) or 2 (float16)."""
+        if self.symmetric:
+            return 0
+        return 2 if self.zero_dtype == "float16" else 1
+
+    def storage_bytes(self, shape: tuple[int, int]) -> int:
+        """Bytes a weight of ``shape`` (out, in) takes stored in this format: the one formula the
+        size estimates, bits/weight figures and tests use (a 16-bit format: 2 bytes a weight)."""
+        out_features, in_features = shape
         if self.is_float:
-            return float(self.bits)
+            return out_features * in_features * self.bits // 8
+        group = self.group_for(in_features)
+        n_groups = -(-in_features // group)
+        codes = out_features * P.packed_length(P.padded_length(in_features, group), self.bits)
+        return codes + out_features * n_groups * (2 + self.zero_bytes)
+
+    def bits_per_weight(self, in_features: int | None = None) -> float:
+        """Storage bits per real weight of a row of ``in_features``: codes + f16 scale (+ zero) per
+        group (+ padding); 4096 when not given."""
         k = in_features or 4096
-        group = self.group_for(k)
-        n_groups = -(-k // group)
-        per_group = 16 + ((16 if self.zero_dtype == "float16" else 8) if not self.symmetric else 0)
-        return (P.padded_length(k, group) * self.bits + n_groups * per_group) / k
+        return self.storage_bytes((1, k)) * 8 / k
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -178,13 +199,14 @@ class FormatFamily:
     default_group: int | None
     groups: tuple[int | None, ...]
     default_symmetric: bool
-    build: callable  # (group_size, symmetric) -> FormatSpec
+    build: Callable[[int | None, bool], FormatSpec]  # (group_size, symmetric) -> FormatSpec
     summary: str
+    listed: tuple[str, ...] = ()  # the names offered in lists and menus (and tested), in order
 
 
 def _float_family(name: str) -> FormatFamily:
     spec = FormatSpec(name, name, 16, None, True, "float", description=f"{name} weights (no quantization)")
-    return FormatFamily(name, 16, None, (None,), True, lambda g, s: spec, spec.description)
+    return FormatFamily(name, 16, None, (None,), True, lambda g, s: spec, spec.description, (name,))
 
 
 def _int8(group: int | None, symmetric: bool) -> FormatSpec:
@@ -204,18 +226,24 @@ def _int8(group: int | None, symmetric: bool) -> FormatSpec:
     )
 
 
-def _int4(group: int | None, symmetric: bool) -> FormatSpec:
-    suffix = "-sym" if symmetric else ""
-    return FormatSpec(
-        f"int4-g{group}{suffix}",
-        "int4",
-        4,
-        group,
-        symmetric,
-        "symint" if symmetric else "affine",
-        zero_const=8.0,
-        description=f"int4, groups of {group}, {'symmetric' if symmetric else 'asymmetric (int zero)'}",
-    )
+def _uniform(bits: int) -> Callable[[int | None, bool], FormatSpec]:
+    """intN group-wise: asymmetric min/max with an integer zero, or symmetric around 2**(N-1)."""
+
+    def build(group: int | None, symmetric: bool) -> FormatSpec:
+        suffix = "-sym" if symmetric else ""
+        kind = "symmetric" if symmetric else "asymmetric (int zero)"
+        return FormatSpec(
+            f"int{bits}-g{group}{suffix}",
+            f"int{bits}",
+            bits,
+            group,
+            symmetric,
+            "symint" if symmetric else "affine",
+            zero_const=float(1 << (bits - 1)),
+            description=f"int{bits}, groups of {group}, {kind}",
+        )
+
+    return build
 
 
 def _int2(group: int | None, symmetric: bool) -> FormatSpec:
@@ -302,13 +330,31 @@ def register(family: FormatFamily) -> None:
 
 register(_float_family("bf16"))
 register(_float_family("f16"))
-register(FormatFamily("int8", 8, None, (None,), True, _int8, "int8 per output channel (symmetric)"))
-register(FormatFamily("int4", 4, 64, KERNEL_GROUPS, False, _int4, "int4 group-wise"))
-register(FormatFamily("int2", 2, 64, KERNEL_GROUPS, True, _int2, "int2 group-wise"))
-register(FormatFamily("w8a8", 8, None, (None,), True, _w8a8, "int8 weights x int8 activations"))
-register(FormatFamily("int4fz", 4, 64, KERNEL_GROUPS, False, _float_zero(4), "int4 group-wise, float zero"))
-register(FormatFamily("int2fz", 2, 64, KERNEL_GROUPS, False, _float_zero(2), "int2 group-wise, float zero"))
-register(FormatFamily("q1", 1, 128, (128,), True, _q1, "1-bit sign with mean-|w| scale"))
+register(
+    FormatFamily("int8", 8, None, (None,), True, _int8, "int8 per output channel (symmetric)", ("int8",))
+)
+register(
+    FormatFamily(
+        "int4", 4, 64, KERNEL_GROUPS, False, _uniform(4), "int4 group-wise",
+        ("int4-g32", "int4-g64", "int4-g128", "int4-g64-sym"),
+    )
+)  # fmt: skip
+register(FormatFamily("int3", 3, 64, KERNEL_GROUPS, False, _uniform(3), "int3 group-wise", ("int3-g64",)))
+register(
+    FormatFamily("int2", 2, 64, KERNEL_GROUPS, True, _int2, "int2 group-wise", ("int2-g64", "int2-g64-asym"))
+)
+register(FormatFamily("q1", 1, 128, (128,), True, _q1, "1-bit sign with mean-|w| scale", ("q1_0_g128",)))
+register(
+    FormatFamily(
+        "int4fz", 4, 64, KERNEL_GROUPS, False, _float_zero(4), "int4 group-wise, float zero", ("int4fz-g64",)
+    )
+)
+register(
+    FormatFamily(
+        "int2fz", 2, 64, KERNEL_GROUPS, False, _float_zero(2), "int2 group-wise, float zero", ("int2fz-g64",)
+    )
+)
+register(FormatFamily("w8a8", 8, None, (None,), True, _w8a8, "int8 weights x int8 activations", ("w8a8",)))
 
 _ALIASES = {
     "fp16": "f16",
@@ -349,18 +395,5 @@ def get_format(name: str, group_size: int | None = None, symmetric: bool | None 
 
 
 def list_format_names() -> list[str]:
-    return [
-        "bf16",
-        "f16",
-        "int8",
-        "int4-g32",
-        "int4-g64",
-        "int4-g128",
-        "int4-g64-sym",
-        "int2-g64",
-        "int2-g64-asym",
-        "q1_0_g128",
-        "int4fz-g64",
-        "int2fz-g64",
-        "w8a8",
-    ]
+    """Every listed format name, in registry order (what menus show and tests parametrize over)."""
+    return [name for family in FAMILIES.values() for name in family.listed]

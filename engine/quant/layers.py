@@ -294,10 +294,22 @@ def pick_backend(fmt: FormatSpec, device: torch.device, dtype: torch.dtype) -> B
 
 
 class QLinear(nn.Module):
-    """A Linear whose weight is stored quantized and multiplied by a low-bit kernel."""
+    """A Linear whose weight is stored quantized and multiplied by a low-bit kernel.
 
-    def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None):
+    ``input_transform`` (optional, ``[in, in]``) is applied to the input first, ``y = (x T) W_q^T``:
+    a model-level method (a rotation) that cannot fold ``T`` into the layer before keeps it here,
+    and the store saves it (float32) with the layer.
+    """
+
+    def __init__(
+        self, qw: QuantizedWeight, bias: torch.Tensor | None, input_transform: torch.Tensor | None = None
+    ):
         super().__init__()
+        if input_transform is not None and tuple(input_transform.shape) != (qw.shape[1], qw.shape[1]):
+            raise ValueError(f"input transform {tuple(input_transform.shape)} does not fit {qw.shape}")
+        self.register_buffer(
+            "input_transform", None if input_transform is None else input_transform.detach().float()
+        )
         self.fmt = qw.fmt
         self.out_features, self.in_features = qw.shape
         self.group_size = qw.fmt.group_for(self.in_features)
@@ -344,6 +356,8 @@ class QLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend is None:
             self.prepare(x.device, x.dtype if x.dtype != torch.float32 else torch.bfloat16)
+        if self.input_transform is not None:
+            x = x @ self.input_transform.to(device=x.device, dtype=x.dtype)
         y = self.backend.forward(x, self._buffers_k, self)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)

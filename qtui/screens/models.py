@@ -21,7 +21,7 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
-from qtui.services import parse_calibration, parse_params
+from engine import typed
 from qtui.widgets.chat_column import human_bytes
 
 
@@ -121,8 +121,8 @@ class ModelsScreen(Screen):
         self.query_one("#device", Select).value = (
             settings.device if settings.device in devices else devices[0]
         )
-        self.query_one("#method-params", Input).value = settings.method_params
-        self.query_one("#calibration", Input).value = settings.calibration
+        self.query_one("#method-params", Input).value = settings.params_text
+        self.query_one("#calibration", Input).value = settings.calibration_text
 
         self.query_one("#source-note", Static).update(
             self.service.note if settings.model == "default" else ""
@@ -216,21 +216,28 @@ class ModelsScreen(Screen):
         settings.formats = chosen
         settings.method = str(self.query_one("#method", Select).value)
         settings.device = str(self.query_one("#device", Select).value)
-        settings.method_params = self.query_one("#method-params", Input).value.strip()
-        settings.calibration = self.query_one("#calibration", Input).value.strip()
-        try:  # bad input is a message here, not a failed job later
-            params = parse_params(settings.method_params)
-            parse_calibration(settings.calibration)
+        params = self.query_one("#method-params", Input).value.strip()
+        calibration = self.query_one("#calibration", Input).value.strip()
+        service = self.app.service
+        requests = []
+        try:  # bad input is a message here, not a failed job later: one typed request per format
+            for fmt in chosen:
+                if fmt not in ("bf16", "f16"):
+                    requests.append(service.quantize_request(
+                        settings.model, fmt, settings.method, params, calibration, settings.device
+                    ))  # fmt: skip
         except Exception as exc:
             self.app.notify(str(exc), title="Quantize", severity="error")
             return
+        if requests:  # remembered as parsed values
+            settings.method_params = typed.changed(requests[0].config)
+            calib = requests[0].calibration
+            settings.calibration = typed.values(calib) if calib is not None else None
         settings.save()
-        for fmt in chosen:
-            if fmt in ("bf16", "f16"):
-                self.app.load_variant(settings.model)
-                continue
-            self.app.enqueue_quantize(settings.model, fmt, settings.method, settings.device,
-                                      params=params, calibration=settings.calibration)  # fmt: skip
+        if any(fmt in ("bf16", "f16") for fmt in chosen):
+            self.app.load_variant(settings.model)
+        for request in requests:
+            self.app.enqueue_quantize(request)
 
         self.app.switch_to("quantize")
 

@@ -9,6 +9,8 @@ from textual.containers import Grid, Horizontal
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from engine.errors import QtuiError
+
 FIELDS = [
     ("max_new_tokens", "max tokens", int),
     ("temperature", "temperature (0 = greedy)", float),
@@ -34,19 +36,12 @@ class SettingsScreen(ModalScreen):
     @on(Input.Submitted)
     def save(self) -> None:
         s = self.app.settings
-        values = {}
-        for name, label, kind in FIELDS:
-            raw = self.query_one(f"#set-{name}", Input).value.strip()
-            try:
-                values[name] = kind(raw)
-            except ValueError:
-                self.app.notify(f"{label}: {raw!r} is not a number", severity="error")
-                return
-        if values["max_new_tokens"] < 1 or values["temperature"] < 0 or not 0 < values["top_p"] <= 1:
-            self.app.notify("max tokens >= 1, temperature >= 0, 0 < top-p <= 1", severity="error")
+        values = {name: self.query_one(f"#set-{name}", Input).value.strip() for name, _, _ in FIELDS}
+        try:  # one parser with the bounds GenSettings declares
+            s.set_generation(values)
+        except QtuiError as exc:
+            self.app.notify(str(exc), severity="error")
             return
-        for name, value in values.items():
-            setattr(s, name, value)
         s.save()
         self.dismiss()
 

@@ -6,6 +6,7 @@ import pytest
 
 from engine import runtime, store, variants
 from engine.quant.formats import get_format
+from tests.helpers import quantize_saved
 
 pytestmark = pytest.mark.e2e
 QUESTION = "What is the capital of France?"
@@ -18,7 +19,7 @@ def baseline(default_loaded):
 
 
 def _quantize(default_loaded, tmp_path, name):
-    folder, report = variants.quantize_and_save(default_loaded, get_format(name), "rtn", tmp_path / name)
+    folder, report = quantize_saved(default_loaded, get_format(name), "rtn", tmp_path / name)
     return folder, report
 
 
@@ -32,10 +33,10 @@ def test_bf16_answers_paris(baseline):
 def test_quantized_variant_saves_reloads_and_answers_paris(default_loaded, tmp_path, real_cache, fmt):
     folder, report = _quantize(default_loaded, tmp_path, fmt)
     manifest = store.read_manifest(folder)
-    assert manifest["format"]["name"] == fmt
-    assert manifest["source"]["hash"].startswith("sha256:")
-    assert manifest["tensors"]["model.embed_tokens.weight"]["format"] == "bf16"
-    assert manifest["tensors"]["model.layers.0.mlp.down_proj.weight"]["format"] == fmt
+    assert manifest.raw["format"]["name"] == fmt
+    assert manifest.raw["source"]["hash"].startswith("sha256:")
+    assert manifest.raw["tensors"]["model.embed_tokens.weight"]["format"] == "bf16"
+    assert manifest.raw["tensors"]["model.layers.0.mlp.down_proj.weight"]["format"] == fmt
     variant = runtime.load_variant(folder, "cpu")
     expected_backend = "int8pack" if fmt == "int8" else "int4pack"
     assert variant.backend.startswith(expected_backend)

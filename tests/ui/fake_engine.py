@@ -70,7 +70,7 @@ class FakeService:
         ]
 
     def methods(self):
-        return ["rtn"]
+        return ["gptq", "rtn"]
 
     def method_hint(self, name):
         return f"{name} (no calibration): no parameters"
@@ -89,9 +89,19 @@ class FakeService:
             "int2-g64": 86_600_000,
         }.get(fmt)
 
-    def quantize(self, source_ref, fmt, method, device, progress, cancel, params=None, calibration=""):
-        self.quantize_calls.append((fmt, method, params, calibration))
+    def quantize_request(self, source_ref, fmt, method, params="", calibration="", device="cpu"):
+        from engine.request import QuantRequest
 
+        return QuantRequest.build(
+            source_ref, fmt, method, params, calibration or None, device=device, overwrite=True
+        )
+
+    def quantize(self, request, progress, cancel):
+        from engine import typed
+
+        fmt, method = request.fmt.name, request.method.name
+        calib = typed.values(request.calibration) if request.calibration else None
+        self.quantize_calls.append((fmt, method, typed.changed(request.config), calib))
         self.quantize_started.set()
         self.release.wait(10)
         path = self.root / "variants" / f"{fmt}-{method}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from rich.console import Console
+from textual.widgets import Select
 
 from qtui.app import QtuiApp
 from qtui.screens.chat import ChatScreen, first_divergence
@@ -79,14 +80,14 @@ async def test_cancelling_a_quantization_leaves_no_variant(fake, settings):
     fake.release.clear()
     app = QtuiApp(service=fake, settings=settings, autoload=False)
     async with app.run_test(size=SIZE) as pilot:
-        job = app.enqueue_quantize("default", "int8", "rtn", "cpu")
+        job = app.enqueue_quantize(fake.quantize_request("default", "int8", "rtn"))
         await until(pilot, fake.quantize_started.is_set)
         app.cancel_job(job.id)
         fake.release.set()
         await until(pilot, lambda: job.status == "cancelled")
         assert fake.saved == {}
-        queued = app.enqueue_quantize("default", "int8", "rtn", "cpu")
-        other = app.enqueue_quantize("default", "int4-g64", "rtn", "cpu")
+        queued = app.enqueue_quantize(fake.quantize_request("default", "int8", "rtn"))
+        other = app.enqueue_quantize(fake.quantize_request("default", "int4-g64", "rtn"))
         app.cancel_job(other.id)  # cancelled while still queued: never runs
         await until(pilot, lambda: queued.status == "done")
         assert other.status == "cancelled" and list(fake.saved) == ["int8-rtn"]
@@ -96,8 +97,8 @@ async def test_failing_quantization_becomes_a_notification_and_the_app_carries_o
     fake.fail_formats = ("int2-g64",)
     app = QtuiApp(service=fake, settings=settings, autoload=False)
     async with app.run_test(size=SIZE) as pilot:
-        bad = app.enqueue_quantize("default", "int2-g64", "rtn", "cpu")
-        good = app.enqueue_quantize("default", "int8", "rtn", "cpu")
+        bad = app.enqueue_quantize(fake.quantize_request("default", "int2-g64", "rtn"))
+        good = app.enqueue_quantize(fake.quantize_request("default", "int8", "rtn"))
         await until(pilot, lambda: good.status == "done")
         assert bad.status == "failed" and "simulated failure" in bad.error
         assert any("simulated failure" in n.message for n in app._notifications)
@@ -234,27 +235,33 @@ async def test_models_screen_passes_method_parameters_and_calibration(fake, sett
     app = QtuiApp(service=fake, settings=settings, autoload=False, sample_resources=False)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: formats_ready(app))
-        app.screen.query_one("#method-params").value = "damp=0.02 act_order=true"
+        app.screen.query_one("#method", Select).value = "gptq"
+        app.screen.query_one("#method-params").value = "percdamp=0.02 act_order=true"
         app.screen.query_one("#calibration").value = "builtin:8x128"
         await pilot.press("ctrl+k")
         await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
-        assert fake.quantize_calls == [
-            ("int4-g64", "rtn", {"damp": 0.02, "act_order": True}, "builtin:8x128")
-        ]
+        calib = {"source": "builtin", "samples": 8, "seq_len": 128}
+        assert fake.quantize_calls == [("int4-g64", "gptq", {"percdamp": 0.02, "act_order": True}, calib)]
+        # remembered parsed, not as the typed text
+        assert app.settings.method_params == {"percdamp": 0.02, "act_order": True}
+        assert app.settings.calibration == calib
         app.switch_to("models")
         app.screen.query_one("#method-params").value = "damp"  # not KEY=VALUE
         await pilot.press("ctrl+k")
         await until(pilot, lambda: any("KEY=VALUE" in n.message for n in app._notifications))
+        # the bug: an unknown parameter ran with the defaults; now it is refused, naming the valid ones
+        app.screen.query_one("#method-params").value = "damp=0.02"
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: any("unknown parameter 'damp'" in n.message for n in app._notifications))
         assert len(app.jobs) == 1
 
 
-def test_parse_calibration():
-    from qtui.services import parse_calibration
-
-    assert parse_calibration("") is None
-    spec = parse_calibration("builtin:8x128")
-    assert (spec.source, spec.samples, spec.seq_len) == ("builtin", 8, 128)
-    spec = parse_calibration("/data/my notes.txt")
-    assert spec.source == "/data/my notes.txt"
-    spec = parse_calibration("/data/notes.jsonl:32x512")
-    assert (spec.source, spec.samples, spec.seq_len) == ("/data/notes.jsonl", 32, 512)
+async def test_models_screen_device_reaches_the_request(fake, settings):
+    """The device chosen on the Models screen is the request's device (it was dropped before)."""
+    app = QtuiApp(service=fake, settings=settings, autoload=False, sample_resources=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: formats_ready(app))
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
+        job = next(iter(app.jobs.values()))
+        assert str(job.request.device) == app.settings.device == "cpu"

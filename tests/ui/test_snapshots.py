@@ -53,32 +53,21 @@ def test_quantize_snapshot(snap_compare, tmp_path):
     app = QtuiApp(service=FakeService(tmp_path), autoload=False, sample_resources=False)
 
     async def run_before(pilot):
-        done = QuantJob(
-            "default",
-            "int4-g64",
-            "rtn",
-            "cpu",
-            status="done",
-            done=210,
-            total=210,
-            started=1.0,
-            finished=13.5,
-            bytes_on_disk=114_829_240,
-        )
-        running = QuantJob(
-            "default",
-            "int8",
-            "rtn",
-            "cpu",
-            status="running",
-            done=84,
-            total=210,
-            text="model.layers.12.mlp.down_proj",
-        )
-        failed = QuantJob(
-            "default", "int2-g64", "rtn", "cpu", status="failed", error="disk full while saving"
-        )
-        queued = QuantJob("default", "q1_0_g128", "rtn", "cpu")
+        service = app.service
+
+        def job(fmt, **fields):
+            made = QuantJob(service.quantize_request("default", fmt, "rtn"), status=fields.pop("status"))
+            if "done" in fields:
+                made.progress(fields.pop("done"), fields.pop("total"), fields.pop("text", ""))
+            for key, value in fields.items():
+                setattr(made, key, value)
+            return made
+
+        done = job("int4-g64", status="done", done=210, total=210, started=1.0, finished=13.5,
+                   bytes_on_disk=114_829_240)  # fmt: skip
+        running = job("int8", status="running", done=84, total=210, text="model.layers.12.mlp.down_proj")
+        failed = job("int2-g64", status="failed", error="disk full while saving")
+        queued = job("q1_0_g128", status="queued")
         for job in (done, running, failed, queued):
             app.jobs[job.id] = job
         running.started = float("nan")  # elapsed/ETA hidden below: not deterministic

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from engine import variants
 from engine.quant.formats import get_format
 from qtui import cli
+from tests.helpers import quantize_saved
 
 
 def test_eval_and_report_on_a_saved_variant(loaded_source, tmp_path, capsys):
-    folder, _ = variants.quantize_and_save(loaded_source("llama"), get_format("int8"), out=tmp_path / "v8")
+    folder, _ = quantize_saved(loaded_source("llama"), get_format("int8"), out=tmp_path / "v8")
     out = tmp_path / "r.json"
     code = cli.main(["eval", str(folder), "--task", "knowledge,yesno", "--limit", "4", "--json", str(out)])
     assert code == 0
@@ -31,6 +31,6 @@ def test_eval_and_report_on_a_saved_variant(loaded_source, tmp_path, capsys):
 
 
 def test_eval_mode_without_support_is_a_clear_error(loaded_source, tmp_path, capsys):
-    folder, _ = variants.quantize_and_save(loaded_source("llama"), get_format("int8"), out=tmp_path / "v8")
+    folder, _ = quantize_saved(loaded_source("llama"), get_format("int8"), out=tmp_path / "v8")
     assert cli.main(["eval", str(folder), "--task", "gsm8k", "--mode", "loglik"]) == 1
     assert "has no loglik mode" in capsys.readouterr().err

@@ -5,19 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.quant.formats import get_format
+from engine.quant.formats import get_format, list_format_names
 from engine.quant.layers import BACKENDS, QLinear, pick_backend
 
-FORMATS = [
-    "int8",
-    "int4-g32",
-    "int4-g64",
-    "int4-g128",
-    "int4-g64-sym",
-    "int2-g64",
-    "int2-g64-asym",
-    "q1_0_g128",
-]
+FORMATS = [n for n in list_format_names() if not get_format(n).is_float]  # every registered format
 CPU = torch.device("cpu")
 K, N = 576, 48  # 576 is not a multiple of 128: the int4 kernel sees padded inputs
 BOUND = 0.01  # bf16 activations and outputs; measured ~0.003
@@ -43,8 +34,8 @@ def weights():
 
 def test_every_format_has_a_kernel_and_the_references():
     names = {p.values[1] for p in cases()}
-    assert names == {"int8pack", "int4pack", "dense", "naive"}
-    covered = {p.values[0] for p in cases() if p.values[1] in ("int8pack", "int4pack")}
+    assert names == {"int8pack", "int4pack", "w8a8", "dense", "naive"}
+    covered = {p.values[0] for p in cases() if p.values[1] in ("int8pack", "int4pack", "w8a8")}
     assert covered == set(FORMATS)
 
 
@@ -66,7 +57,8 @@ def test_qlinear_matches_float64_reference(name, backend, with_bias, weights):
             ref = ref + b.to(torch.bfloat16).double()
         y = layer(x)
         assert y.shape == (*shape[:-1], N) and y.dtype == torch.bfloat16
-        assert _rel(y, ref) < BOUND, (name, backend, shape)
+        # w8a8 also rounds the activations to int8 per token (measured ~0.006)
+        assert _rel(y, ref) < (2 * BOUND if backend == "w8a8" else BOUND), (name, backend, shape)
 
 
 @pytest.mark.parametrize("name", ["int4-g128", "int2-g64", "q1_0_g128", "int8"])

@@ -40,7 +40,7 @@ def test_folded_scales_keep_the_block_output(tiny_model, arch):
         before = block(inputs[0][0], **inputs[0][1])
         before = before[0] if isinstance(before, tuple) else before
         stats = collect_stats(block, inputs, 128)
-        info = prepare_block(block, stats, get_format("int4-g32"), {"n_grid": 6})
+        info = prepare_block(block, stats, get_format("int4-g32"), get_method("awq").configure({"n_grid": 6}))
         after = block(inputs[0][0], **inputs[0][1])
         after = after[0] if isinstance(after, tuple) else after
     alphas = info["alpha"]
@@ -67,7 +67,12 @@ def test_awq_lowers_output_error_vs_rtn(tiny_model, arch):
     for name in ("rtn", "awq"):
         m = copy.deepcopy(model)
         rep = quantize_model(
-            m, fmt, get_method(name), {"n_grid": 8}, calibration=cal, options=QuantOptions(batch_size=4)
+            m,
+            fmt,
+            get_method(name),
+            {"n_grid": 8} if name == "awq" else None,
+            calibration=cal,
+            options=QuantOptions(batch_size=4),
         )
         errs[name] = sum(r.out_rel_error for r in rep.layers) / len(rep.layers)
     # the Linears' output error on the calibration inputs (what AWQ's search minimises); the

@@ -60,7 +60,12 @@ def test_dead_inputs_and_damping():
 def test_gptq_is_registered_with_parameters():
     m = get_method("gptq")
     assert m.needs_calibration and m.quantize_linear is not None
-    assert m.default_params == {"blocksize": 32, "percdamp": 0.01, "act_order": False, "mse": "auto"}
+    assert [(n, d) for n, _, d, _ in m.parameters()] == [
+        ("blocksize", 32),
+        ("percdamp", 0.01),
+        ("act_order", False),
+        ("mse", None),
+    ]  # fmt: skip  (mse None = auto)
 
 
 @pytest.mark.parametrize("fmt_name", ["int4-g64", "int4-g64-sym", "int2-g64", "int2-g64-asym", "q1_0_g128"])
@@ -83,11 +88,14 @@ def _group_error(fmt, cols, scale, zero):
 
 
 def test_mse_auto_follows_the_bits():
-    from engine.quant.methods.gptq import _mse_on
+    gptq = get_method("gptq")
 
-    assert _mse_on("auto", get_format("int4-g64")) and _mse_on("auto", get_format("int2-g64"))
-    assert not _mse_on("auto", get_format("int8"))
-    assert _mse_on("true", get_format("int8")) and not _mse_on(False, get_format("int2-g64"))
+    def mse(value, fmt_name):
+        return gptq.configure({"mse": value}).resolved(get_format(fmt_name)).mse
+
+    assert mse("auto", "int4-g64") and mse("auto", "int2-g64")
+    assert not mse("auto", "int8")
+    assert mse("true", "int8") and not mse(False, "int2-g64")
 
 
 @pytest.mark.parametrize("fmt_name,expected", [("int4-g32", True), ("int8", False)])
@@ -98,4 +106,4 @@ def test_report_records_the_resolved_mse(tiny_model, fmt_name, expected):
     model, tok = tiny_model("llama")
     cal = C.build(C.CalibrationSpec(samples=2, seq_len=16), tok)
     report = quantize_model(model, get_format(fmt_name), get_method("gptq"), calibration=cal)
-    assert report.params["mse"] is expected  # "auto" never reaches the manifest
+    assert report.config.mse is expected  # "auto" never reaches the manifest

@@ -31,7 +31,7 @@ def test_uses_the_hqq_package():
 def test_hqq_beats_min_max_rounding(fmt_name):
     w = _weight()
     fmt = get_format(fmt_name)
-    qh = quantize_weight(w, fmt, get_method("hqq").default_params)
+    qh = quantize_weight(w, fmt, get_method("hqq").configure())
     qr = fmt.quantize(w)  # plain min/max (asym) or absmax (sym) rounding
     assert qh.fmt == fmt and qh.qweight.shape == qr.qweight.shape
     assert _l1(w, qh) < 0.99 * _l1(w, qr)
@@ -45,7 +45,7 @@ def test_hqq_beats_min_max_rounding(fmt_name):
 def test_one_bit_runs_and_keeps_signs():
     w = _weight(1)
     fmt = get_format("q1_0_g128")
-    qh = quantize_weight(w, fmt, {})
+    qh = quantize_weight(w, fmt, get_method("hqq").configure())
     assert torch.equal(qh.dequantize() >= 0, w >= 0)
     assert _l1(w, qh) <= _l1(w, fmt.quantize(w)) * 1.001
 
@@ -54,7 +54,7 @@ def test_rounding_hqqs_float_zero_costs_little():
     """qtui stores integer zeros: rounding hqq's float zero and re-fitting the scale stays close."""
     w = _weight(2)
     fmt = get_format("int4-g64")
-    params = get_method("hqq").default_params
+    params = get_method("hqq").configure()
     s_f, z_f = hqq_affine(w, fmt, params, round_zero=False)
     groups = w.reshape(64, -1, 64)
     q = torch.clamp(torch.round(groups / s_f.unsqueeze(-1) + z_f.unsqueeze(-1)), 0, 15)
@@ -66,7 +66,7 @@ def test_rounding_hqqs_float_zero_costs_little():
 def test_float_zero_format_keeps_hqqs_solution():
     """int4fz stores hqq's float zero (f16): lower error than integer zeros and than RTN."""
     w = _weight(4)
-    params = get_method("hqq").default_params
+    params = get_method("hqq").configure()
     fz = quantize_weight(w, get_format("int4fz-g64"), params)
     iz = quantize_weight(w, get_format("int4-g64"), params)
     assert fz.qzeros.dtype == torch.float16 and iz.qzeros.dtype == torch.uint8

@@ -17,10 +17,10 @@ from engine.quant import calibration as C
 from engine.quant.blocks import capture_inputs
 from engine.quant.formats import get_format
 from engine.quant.layers import QLinear
-from engine.quant.methods import get_method, list_methods, parse_param
+from engine.quant.methods import get_method, list_methods
 from engine.quant.pipeline import QuantOptions, decoder_layers, quantize_model, quantized_modules
 from engine.runtime import load_variant, variant_from_model
-from engine.variants import quantize_and_save
+from tests.helpers import quantize_saved
 
 # every method on every arch at least once, the calibrated ones on all three
 CASES = [
@@ -76,8 +76,8 @@ def test_every_method_saves_and_loads_back_bit_identically(loaded_source, tmp_pa
     tensors = store.load_tensors(dest, manifest)
     for key, t in expected.items():
         assert torch.equal(tensors[key], t), key
-    assert manifest["calibration"]["samples"] == 4 and manifest["calibration"]["source"] == "builtin"
-    assert all("out_rel_error" in entry and "sqnr_db" in entry for entry in manifest["layers"])
+    assert manifest.raw["calibration"]["samples"] == 4 and manifest.raw["calibration"]["source"] == "builtin"
+    assert all("out_rel_error" in entry and "sqnr_db" in entry for entry in manifest.raw["layers"])
     loaded_back = load_variant(dest, "cpu")
     in_memory = variant_from_model("mem", model, loaded.tokenizer, fmt, "cpu")
     ids = cal.ids[:1]
@@ -106,7 +106,7 @@ def test_progress_per_linear_and_cancel(loaded_source, tmp_path):
 
     dest = tmp_path / "never"
     with pytest.raises(Cancelled):
-        quantize_and_save(
+        quantize_saved(
             loaded,
             get_format("int4-g32"),
             "gptq",
@@ -122,12 +122,12 @@ def test_progress_per_linear_and_cancel(loaded_source, tmp_path):
 def test_mixed_precision_keeps_the_most_sensitive(loaded_source, tmp_path, bits):
     loaded = loaded_source("qwen2")
     opts = QuantOptions(keep_sensitive=2, sensitive_bits=bits)
-    path, report = quantize_and_save(
+    path, report = quantize_saved(
         loaded, get_format("int2-g64"), "gptq", tmp_path / "v", options=opts, calibration=SMALL
     )
     manifest = store.read_manifest(path)
-    kept = manifest["mixed_precision"]["layers"]
-    assert len(kept) == 2 and manifest["mixed_precision"]["bits"] == bits
+    kept = manifest.raw["mixed_precision"]["layers"]
+    assert len(kept) == 2 and manifest.raw["mixed_precision"]["bits"] == bits
     low = [r.out_rel_error for r in report.layers if r.name not in kept]
     before = [i["out_rel_error_before"] for i in report.block_info if "kept" in i]
     assert min(before) >= max(low)  # the kept ones were the worst by output error
@@ -136,7 +136,7 @@ def test_mixed_precision_keeps_the_most_sensitive(loaded_source, tmp_path, bits)
         module = variant.model.get_submodule(name)
         if bits == 8:
             assert isinstance(module, QLinear) and module.fmt.name == "int8"
-            assert manifest["tensors"][f"{name}.weight"]["format"] == "int8"
+            assert manifest.raw["tensors"][f"{name}.weight"]["format"] == "int8"
         else:
             assert type(module) is nn.Linear
     others = [n for n, m in quantized_modules(variant.model).items() if n not in kept]
@@ -176,11 +176,6 @@ def test_calibration_sources(tmp_path, tiny_tokenizer):
 def test_registry_and_params():
     names = {m.name for m in list_methods()}
     assert {"rtn", "gptq", "awq", "hqq", "smoothquant"} <= names
-    assert parse_param("act_order=true") == ("act_order", True)
-    assert parse_param("alpha=0.75") == ("alpha", 0.75)
-    assert parse_param("n_grid=10") == ("n_grid", 10)
-    with pytest.raises(QtuiError):
-        parse_param("nothing")
     with pytest.raises(QtuiError, match="calibration"):
         quantize_model(nn.Module(), get_format("int4-g64"), get_method("gptq"))
 

@@ -19,7 +19,9 @@ from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.methods import get_method
 from engine.quant.pipeline import QuantOptions, quantize_model, quantized_modules, targets
 from engine.runtime import GenSettings, generate, load_variant, variant_from_model
-from engine.variants import describe_error, parse_spec, quantize_and_save
+from engine.specs import parse_model_spec as parse_spec
+from engine.variants import describe_error
+from tests.helpers import quantize_saved
 
 ARCHS = ["llama", "qwen2", "qwen3"]
 FORMATS = ["int8", "int4-g32", "int2-g64", "q1_0_g128", "bf16"]
@@ -68,7 +70,7 @@ def weights_file(folder):
 def test_quantize_save_load_round_trip(arch, fmt_name, loaded_source, tmp_path):
     loaded = loaded_source(arch)
     fmt = get_format(fmt_name)
-    folder, report = quantize_and_save(loaded, fmt, out=tmp_path / "variant")
+    folder, report = quantize_saved(loaded, fmt, out=tmp_path / "variant")
     assert folder == tmp_path / "variant" and (folder / store.MANIFEST).is_file()
     assert (report is None) == fmt.is_float
     assert loaded.model.dtype == torch.float32  # the caller's model is left alone
@@ -94,27 +96,27 @@ def test_quantize_save_load_round_trip(arch, fmt_name, loaded_source, tmp_path):
     assert a.token_ids == b.token_ids and a.text == b.text
 
     # 3. the manifest says what was done and what is where
-    assert manifest["source"] == {
+    assert manifest.raw["source"] == {
         "id": f"tiny-{arch}",
         "kind": "folder",
         "label": f"tiny-{arch}",
         "hash": "sha256:test",
     }
-    assert manifest["model_type"] == arch
-    assert manifest["format"]["name"] == fmt.name and manifest["format"]["bits"] == fmt.bits
-    assert manifest["method"]["name"] == "rtn"
-    assert manifest["options"] == {"quantize_embeddings": False, "quantize_head": False}
-    tensors = manifest["tensors"]
+    assert manifest.raw["model_type"] == arch
+    assert manifest.raw["format"]["name"] == fmt.name and manifest.raw["format"]["bits"] == fmt.bits
+    assert manifest.raw["method"]["name"] == "rtn"
+    assert manifest.raw["options"] == {"quantize_embeddings": False, "quantize_head": False}
+    tensors = manifest.raw["tensors"]
     n_params = sum(p.numel() for p in loaded.model.parameters())
-    assert manifest["params"]["total"] == n_params
+    assert manifest.raw["params"]["total"] == n_params
     base = "bf16"
     for key in ("model.embed_tokens.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight"):
         assert tensors[key]["format"] == base
     if loaded.model.config.tie_word_embeddings:
-        assert manifest["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}
+        assert manifest.raw["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}
         assert "lm_head.weight" not in tensors
     else:
-        assert tensors["lm_head.weight"]["format"] == base and manifest["tied"] == {}
+        assert tensors["lm_head.weight"]["format"] == base and manifest.raw["tied"] == {}
     linears = [name for name, _ in targets(loaded.model, QuantOptions())]
     assert len(linears) == 14
     for name in linears:
@@ -122,22 +124,22 @@ def test_quantize_save_load_round_trip(arch, fmt_name, loaded_source, tmp_path):
         assert desc["format"] == fmt.name
         assert desc["shape"] == list(loaded.model.get_submodule(name).weight.shape)
     if fmt.is_float:
-        assert manifest["bits_per_weight"]["quantized_tensors"] == 16.0
-        assert manifest["params"]["quantized"] == 0 and manifest["layers"] == []
+        assert manifest.raw["bits_per_weight"]["quantized_tensors"] == 16.0
+        assert manifest.raw["params"]["quantized"] == 0 and manifest.raw["layers"] == []
     else:
         shapes = [tensors[f"{n}.weight"]["shape"] for n in linears]
         qparams = sum(o * i for o, i in shapes)
         bits = sum(o * i * fmt.bits_per_weight(i) for o, i in shapes)
-        assert manifest["params"]["quantized"] == qparams
-        assert manifest["bits_per_weight"]["quantized_tensors"] == pytest.approx(bits / qparams, abs=1e-4)
-        assert [entry["name"] for entry in manifest["layers"]] == linears
-        assert all(0 < entry["rel_error"] < 0.7 for entry in manifest["layers"])
+        assert manifest.raw["params"]["quantized"] == qparams
+        assert manifest.raw["bits_per_weight"]["quantized_tensors"] == pytest.approx(bits / qparams, abs=1e-4)
+        assert [entry["name"] for entry in manifest.raw["layers"]] == linears
+        assert all(0 < entry["rel_error"] < 0.7 for entry in manifest.raw["layers"])
     size = weights_file(folder).stat().st_size
-    assert manifest["bits_per_weight"]["whole_model"] == pytest.approx(size * 8 / n_params, abs=1e-4)
+    assert manifest.raw["bits_per_weight"]["whole_model"] == pytest.approx(size * 8 / n_params, abs=1e-4)
     on_disk = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != store.MANIFEST}
-    assert {name: info["bytes"] for name, info in manifest["files"].items()} == on_disk
-    assert manifest["bytes_on_disk"] == sum(on_disk.values())
-    assert set(manifest["tensor_sha256"]) == set(stored)
+    assert {name: info["bytes"] for name, info in manifest.raw["files"].items()} == on_disk
+    assert manifest.raw["bytes_on_disk"] == sum(on_disk.values())
+    assert set(manifest.raw["tensor_sha256"]) == set(stored)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -145,13 +147,13 @@ def test_embeddings_and_head_quantized_on_request(arch, loaded_source, tmp_path)
     loaded = loaded_source(arch)
     fmt = get_format("int4-g64")
     options = QuantOptions(quantize_embeddings=True, quantize_head=True)
-    folder, report = quantize_and_save(loaded, fmt, out=tmp_path / "v", options=options)
+    folder, report = quantize_saved(loaded, fmt, out=tmp_path / "v", options=options)
     manifest = store.read_manifest(folder)
-    assert manifest["options"] == {"quantize_embeddings": True, "quantize_head": True}
-    assert manifest["tensors"]["model.embed_tokens.weight"]["format"] == "int4-g64"
-    assert manifest["tensors"]["lm_head.weight"]["format"] == "int4-g64"
-    assert manifest["tensors"]["model.norm.weight"]["format"] == "bf16"  # norms always stay
-    assert manifest["tied"] == {}
+    assert manifest.raw["options"] == {"quantize_embeddings": True, "quantize_head": True}
+    assert manifest.raw["tensors"]["model.embed_tokens.weight"]["format"] == "int4-g64"
+    assert manifest.raw["tensors"]["lm_head.weight"]["format"] == "int4-g64"
+    assert manifest.raw["tensors"]["model.norm.weight"]["format"] == "bf16"  # norms always stay
+    assert manifest.raw["tied"] == {}
     assert [r.name for r in report.layers][0] == "model.embed_tokens" and report.layers[-1].name == "lm_head"
     assert loaded.model.config.tie_word_embeddings == (arch == "qwen2")  # the source is untouched
 
@@ -172,8 +174,8 @@ def test_embeddings_and_head_quantized_on_request(arch, loaded_source, tmp_path)
 def test_tied_model_with_only_one_side_quantized(options, loaded_source, tmp_path):
     loaded = loaded_source("qwen2")  # ties lm_head to the embeddings
     fmt = get_format("q1_0_g128")
-    folder, _ = quantize_and_save(loaded, fmt, out=tmp_path / "v", options=options)
-    tensors = store.read_manifest(folder)["tensors"]
+    folder, _ = quantize_saved(loaded, fmt, out=tmp_path / "v", options=options)
+    tensors = store.read_manifest(folder).tensors
     assert tensors["model.embed_tokens.weight"]["format"] == (
         "q1_0_g128" if options.quantize_embeddings else "bf16"
     )
@@ -187,8 +189,8 @@ def test_tied_model_with_only_one_side_quantized(options, loaded_source, tmp_pat
 def test_saving_twice_is_bit_identical(loaded_source, tmp_path):
     loaded = loaded_source("llama")
     fmt = get_format("int2-g64-asym")
-    a, _ = quantize_and_save(loaded, fmt, out=tmp_path / "a")
-    b, _ = quantize_and_save(loaded, fmt, out=tmp_path / "b")
+    a, _ = quantize_saved(loaded, fmt, out=tmp_path / "a")
+    b, _ = quantize_saved(loaded, fmt, out=tmp_path / "b")
     # the header's metadata order may differ (safetensors keeps it in a hash map): compare the
     # parsed headers and the raw tensor bytes
     raw_a, raw_b = weights_file(a).read_bytes(), weights_file(b).read_bytes()
@@ -196,24 +198,24 @@ def test_saving_twice_is_bit_identical(loaded_source, tmp_path):
     assert json.loads(raw_a[8 : 8 + len_a]) == json.loads(raw_b[8 : 8 + len_b])
     assert raw_a[8 + len_a :] == raw_b[8 + len_b :]
     ma, mb = store.read_manifest(a), store.read_manifest(b)
-    assert ma["tensor_sha256"] == mb["tensor_sha256"]
+    assert ma.tensor_sha256 == mb.tensor_sha256
 
 
 def test_default_destination_and_list_variants(loaded_source, _isolated_home):
     loaded = loaded_source("qwen3")
-    folder, _ = quantize_and_save(loaded, get_format("int4-g64"))
+    folder, _ = quantize_saved(loaded, get_format("int4-g64"))
     assert folder == store.default_variant_dir(loaded.source.slug, get_format("int4-g64"), "rtn")
     assert folder.is_relative_to(_isolated_home / "data" / "variants")
     assert folder.name == "int4-g64-rtn"
     found = store.list_variants()
     assert [path for path, _ in found] == [folder]
-    assert found[0][1]["format"]["name"] == "int4-g64"
+    assert found[0][1].format_name == "int4-g64"
     # a saved variant folder is a SPEC of its own
     spec = parse_spec(str(folder))
     assert spec.folder == folder and spec.source is None and spec.display == "int4-g64-rtn"
     with pytest.raises(StoreError, match="already exists"):
-        quantize_and_save(loaded, get_format("int4-g64"))
-    again, _ = quantize_and_save(loaded, get_format("int4-g64"), overwrite=True)
+        quantize_saved(loaded, get_format("int4-g64"))
+    again, _ = quantize_saved(loaded, get_format("int4-g64"), overwrite=True)
     assert again == folder and len(store.list_variants()) == 1
 
 
@@ -232,7 +234,7 @@ def test_save_after_release_is_refused(loaded_source, tmp_path):
 @pytest.fixture
 def saved(loaded_source, tmp_path):
     out = tmp_path / "variants" / "src" / "v"  # list_variants' layout: ROOT/source/variant
-    folder, _ = quantize_and_save(loaded_source("llama"), get_format("int4-g64"), out=out)
+    folder, _ = quantize_saved(loaded_source("llama"), get_format("int4-g64"), out=out)
     return folder
 
 
@@ -336,7 +338,7 @@ def test_cancel_from_progress_callback(phase, loaded_source):
             cancel.set()
 
     with pytest.raises(Cancelled):
-        quantize_and_save(loaded, fmt, progress=progress, cancel=cancel)
+        quantize_saved(loaded, fmt, progress=progress, cancel=cancel)
     assert cancel.is_set()
     assert not any(text == "saved" for text in seen)
     if phase.startswith("model."):
@@ -357,7 +359,7 @@ def test_disk_full(loaded_source, monkeypatch):
     fmt = get_format("int8")
     dest = store.default_variant_dir(loaded.source.slug, fmt, "rtn")
     with pytest.raises(StoreError) as info:
-        quantize_and_save(loaded, fmt)
+        quantize_saved(loaded, fmt)
     msg = str(info.value)
     assert "disk full" in msg and "nothing was saved" in msg
     _nothing_saved(dest)
@@ -371,7 +373,7 @@ def test_other_write_error(loaded_source, monkeypatch, tmp_path):
 
     monkeypatch.setattr(safetensors.torch, "save_file", denied)
     with pytest.raises(StoreError) as info:
-        quantize_and_save(loaded_source("llama"), get_format("int8"), out=tmp_path / "out" / "v")
+        quantize_saved(loaded_source("llama"), get_format("int8"), out=tmp_path / "out" / "v")
     assert "could not save" in str(info.value) and "Permission denied" in str(info.value)
     assert describe_error(info.value) == str(info.value)
     _nothing_saved(tmp_path / "out" / "v")

@@ -25,9 +25,9 @@ def test_report_tables(tmp_path):
                          _r("int2-g64-rtn", "wikitext", "fidelity", 4096, 1679, **fid)],
     }  # fmt: skip
     infos = [
-        report.VariantInfo("bf16", "a", "bf16", "-", weight_bytes=269_000_000, bits_per_weight=16.0,
+        report.ReportedVariant("bf16", "a", "bf16", "-", weight_bytes=269_000_000, bits_per_weight=16.0,
                            decode_tps=40.0, ttft_s=0.05, answers=["Paris.", "42", "Waves."], flags=[[], [], []]),
-        report.VariantInfo("int2-g64-rtn", "b", "int2-g64", "rtn", params={"clip": 1.0}, bytes_on_disk=60_000_000,
+        report.ReportedVariant("int2-g64-rtn", "b", "int2-g64", "rtn", params={"clip": 1.0}, bytes_on_disk=60_000_000,
                            weight_bytes=58_000_000, bits_per_weight=2.5, decode_tps=10.0, ttft_s=0.5,
                            answers=["the the the", "", "x|y"], flags=[["loop"], ["empty"], []],
                            worst_layers=[{"name": "model.layers.0.mlp.down_proj", "rel_error": 0.61, "sqnr_db": 4.2}]),
@@ -71,5 +71,5 @@ def test_bar_chart_scales_and_escapes():
 
 
 def test_report_without_results_says_so(tmp_path):
-    md_path, _ = report.write_report(tmp_path, [report.VariantInfo("bf16", "a")], {}, "bf16")
+    md_path, _ = report.write_report(tmp_path, [report.ReportedVariant("bf16", "a")], {}, "bf16")
     assert "no evaluation results yet" in md_path.read_text()

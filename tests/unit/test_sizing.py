@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine import sizing, store
-from engine.quant.formats import get_format
+from engine.quant.formats import get_format, list_format_names
 from engine.quant.methods import get_method
 from engine.quant.pipeline import QuantOptions, quantize_model
 
@@ -61,9 +61,21 @@ def test_estimate_for_16_bit(arch, saved_sources):
         assert sizing.estimate_bytes(folder, fmt) == n_params * 2 == stored_bytes(model, fmt, QuantOptions())
 
 
-@pytest.mark.parametrize("name", ["int8", "int4-g32", "int4-g128", "int2-g64-asym", "q1_0_g128"])
+QUANTIZED = [n for n in list_format_names() if not get_format(n).is_float]
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
 @pytest.mark.parametrize("shape", [(48, 96), (32, 576), (16, 160)])
-def test_quantized_weight_bytes_matches_nbytes(name, shape):
+def test_storage_bytes_matches_nbytes(name, shape):
+    """The registry's one storage formula is what quantizing really stores, for every format
+    (the float-zero formats were estimated with uint8 zeros: int4fz-g64 20,160 vs 20,736 bytes)."""
     fmt = get_format(name)
     qw = fmt.quantize(torch.randn(*shape))
-    assert sizing.quantized_weight_bytes(shape, fmt) == qw.nbytes
+    assert fmt.storage_bytes(shape) == qw.nbytes
+
+
+@pytest.mark.parametrize("fmt_name", ["int4fz-g64", "int2fz-g64", "int3-g64"])
+def test_estimate_float_zero_formats(fmt_name, saved_sources):
+    folder, model = saved_sources["llama"]
+    fmt = get_format(fmt_name)
+    assert sizing.estimate_bytes(folder, fmt) == stored_bytes(model, fmt, QuantOptions())

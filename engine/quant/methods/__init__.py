@@ -10,18 +10,24 @@ The pipeline drives every method the same way, block by block:
    distinct Linear input (``H = sum x x^T``, per-channel max and mean of ``|x|``, a token sample);
 2. ``prepare_block`` (AWQ, SmoothQuant) may rescale the block's weights - folding scales into the
    preceding norm or Linear, an exact rewrite in float - and then updates the stats to match;
-3. each Linear is quantized by ``quantize_linear(weight, stats, fmt, params)`` (GPTQ, HQQ), or by
-   ``quantize_weight(weight, fmt, params)`` for methods that need no statistics (RTN).
+3. each Linear is quantized by ``quantize_linear(weight, stats, fmt, cfg)`` (GPTQ, HQQ), or by
+   ``quantize_weight(weight, fmt, cfg)`` for methods that need no statistics (RTN).
+
+Around the blocks, ``prepare_model`` / ``finalize_model`` run once on the whole model (a rotation
+or other model-level transform is one method file). ``cfg`` is the method's own frozen
+:class:`MethodConfig`, parsed and validated once where the user typed it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from engine import typed
 from engine.errors import FormatError
 from engine.quant.formats import FormatSpec, QuantizedWeight
 
@@ -75,39 +81,87 @@ class LinearStats:
         self._sample = [t * inv for t in self._sample]
 
 
-# (weight [out, in] float32, format, params) -> QuantizedWeight
-QuantizeWeight = Callable[[torch.Tensor, FormatSpec, dict], QuantizedWeight]
-# (weight, stats of its input or None, format, params) -> QuantizedWeight
-QuantizeLinear = Callable[[torch.Tensor, "LinearStats | None", FormatSpec, dict], QuantizedWeight]
-# (block, {linear name in block: stats}, format, params) -> what it chose (for the report)
-PrepareBlock = Callable[[nn.Module, dict, FormatSpec, dict], dict]
+@dataclass(frozen=True)
+class MethodConfig:
+    """A method's parameters. Each method subclasses this with frozen fields declared with
+    :func:`engine.typed.option` (default, help, bounds); ``MethodSpec.configure`` builds it once
+    from what the user typed and the manifest records :func:`engine.typed.values` of it."""
+
+    def resolved(self, fmt: FormatSpec) -> MethodConfig:
+        """The config with format-dependent values (``auto``) decided, so the manifest says what ran."""
+        return self
+
+
+@dataclass(frozen=True)
+class NoParams(MethodConfig):
+    """A method without parameters (RTN)."""
+
+
+# (weight [out, in] float32, format, config) -> QuantizedWeight
+QuantizeWeight = Callable[[torch.Tensor, FormatSpec, Any], QuantizedWeight]
+# (weight, stats of its input or None, format, config) -> QuantizedWeight
+QuantizeLinear = Callable[[torch.Tensor, "LinearStats | None", FormatSpec, Any], QuantizedWeight]
+# (block, {linear name in block: stats}, format, config) -> what it chose (for the report)
+PrepareBlock = Callable[[nn.Module, dict, FormatSpec, Any], dict]
+# (model, format, config) -> what it did (for the report); runs once before any block
+PrepareModel = Callable[[nn.Module, FormatSpec, Any], dict]
+# (model, format, config) -> what it did; runs once after every block is quantized
+FinalizeModel = Callable[[nn.Module, FormatSpec, Any], dict]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """One method: its config class and its steps. The pipeline calls, in order,
+    ``prepare_model`` (model-level transforms such as a rotation), per block ``prepare_block``,
+    per Linear ``quantize_linear`` / ``quantize_weight``, and ``finalize_model`` - GPTQModel's
+    processor lifecycle. Every step but ``quantize_weight`` is optional."""
+
     name: str
     description: str
     needs_calibration: bool
     quantize_weight: QuantizeWeight
-    default_params: dict = field(default_factory=dict)
+    config: type[MethodConfig] = NoParams
     quantize_linear: QuantizeLinear | None = None
     prepare_block: PrepareBlock | None = None
+    prepare_model: PrepareModel | None = None
+    finalize_model: FinalizeModel | None = None
     families: tuple[str, ...] | None = None  # format families it accepts (None: every integer one)
-    param_help: dict = field(default_factory=dict)
-    # (format, params) -> params with format-dependent values resolved ("auto" -> the value used),
-    # so the manifest records what ran
-    resolve_params: Callable[[FormatSpec, dict], dict] | None = None
 
-    def linear(self, weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, params: dict):
+    def configure(self, values: Mapping[str, object] | MethodConfig | None = None) -> MethodConfig:
+        """The typed config from ``{"KEY": "VALUE"}`` (strings or values); unknown keys and bad
+        values are one-line :class:`engine.typed.ConfigError`s naming the valid ones."""
+        if isinstance(values, MethodConfig):
+            if not isinstance(values, self.config):
+                raise typed.ConfigError(
+                    f"{self.name} takes a {self.config.__name__}, not {type(values).__name__}"
+                )
+            return values
+        return typed.build(self.config, values, f"method {self.name}")
+
+    def parameters(self) -> list[tuple[str, str, Any, str]]:
+        """(name, type, default, help) of each parameter."""
+        return typed.describe(self.config)
+
+    def hint(self) -> str:
+        """One line: the method, whether it calibrates, its parameters with their defaults."""
+        shown = " ".join(f"{n}={_show(d)}" for n, _, d, _ in self.parameters())
+        calib = "calibrated" if self.needs_calibration else "no calibration"
+        return f"{self.name} ({calib}): {shown or 'no parameters'}"
+
+    def linear(self, weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, cfg: MethodConfig):
         if self.quantize_linear is not None:
-            return self.quantize_linear(weight, stats, fmt, params)
-        return self.quantize_weight(weight, fmt, params)
+            return self.quantize_linear(weight, stats, fmt, cfg)
+        return self.quantize_weight(weight, fmt, cfg)
 
     def check_format(self, fmt: FormatSpec) -> None:
         if self.families is not None and fmt.family not in self.families:
             raise FormatError(
                 f"method {self.name} works with {', '.join(self.families)} only, not {fmt.name}"
             )
+
+
+def _show(value: object) -> str:
+    return "auto" if value is None else str(value).lower()
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -122,7 +176,9 @@ def _load_all() -> None:
     from engine.quant.methods import awq, gptq, hqq, rtn, smoothquant  # noqa: F401  (register themselves)
 
 
-def get_method(name: str) -> MethodSpec:
+def get_method(name: str | MethodSpec) -> MethodSpec:
+    if isinstance(name, MethodSpec):
+        return name
     _load_all()
     key = name.strip().lower()
     if key not in METHODS:
@@ -133,26 +189,3 @@ def get_method(name: str) -> MethodSpec:
 def list_methods() -> list[MethodSpec]:
     _load_all()
     return list(METHODS.values())
-
-
-def parse_param(text: str) -> tuple[str, object]:
-    """``alpha=0.5`` -> ("alpha", 0.5); ``act_order=true`` -> ("act_order", True)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise FormatError(f"method parameter {text!r} is not KEY=VALUE")
-    raw = raw.strip()
-    low = raw.lower()
-    value: object
-    if low in ("true", "yes", "on"):
-        value = True
-    elif low in ("false", "no", "off"):
-        value = False
-    else:
-        try:
-            value = int(raw)
-        except ValueError:
-            try:
-                value = float(raw)
-            except ValueError:
-                value = raw
-    return key.strip(), value

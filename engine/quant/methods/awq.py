@@ -27,7 +27,8 @@ from torch import nn
 
 from engine.quant import primitives as P
 from engine.quant.formats import FormatSpec
-from engine.quant.methods import LinearStats, MethodSpec, register
+from engine.quant.methods import LinearStats, MethodConfig, MethodSpec, register
+from engine.typed import option
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,14 @@ def output_error(weights: list[torch.Tensor], s: torch.Tensor, x: torch.Tensor, 
     return total
 
 
+@dataclass(frozen=True)
+class AWQConfig(MethodConfig):
+    n_grid: int = option(20, "number of alpha values tried in [0, 1)", min=1)
+
+
 @torch.no_grad()
-def prepare_block(block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSpec, params: dict) -> dict:
-    n_grid = int(params.get("n_grid", 20))
+def prepare_block(block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSpec, cfg: AWQConfig) -> dict:
+    n_grid = cfg.n_grid
     chosen = {}
     for group, prev in present_groups(block, stats):
         linears = [block.get_submodule(n) for n in group.linears]
@@ -150,9 +156,8 @@ AWQ = register(
         name="awq",
         description="AWQ: activation-aware per-channel scales (grid over alpha), folded into the layer before",
         needs_calibration=True,
-        quantize_weight=lambda w, fmt, params: fmt.quantize(w),
+        quantize_weight=lambda w, fmt, cfg: fmt.quantize(w),
         prepare_block=prepare_block,
-        default_params={"n_grid": 20},
-        param_help={"n_grid": "number of alpha values tried in [0, 1)"},
+        config=AWQConfig,
     )
 )

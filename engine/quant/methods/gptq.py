@@ -21,10 +21,13 @@ The result is built with ``fmt.quantize(Q, scales=, zeros=)``, so it is an ordin
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 
 from engine.quant.formats import FormatSpec, QuantizedWeight
-from engine.quant.methods import LinearStats, MethodSpec, register
+from engine.quant.methods import LinearStats, MethodConfig, MethodSpec, register
+from engine.typed import option
 
 F16_TINY = torch.finfo(torch.float16).tiny
 
@@ -193,28 +196,37 @@ def gptq_quantize(
     return fmt.quantize(Q, scales=scales, zeros=zeros)
 
 
-def _mse_on(value, fmt: FormatSpec) -> bool:
-    """``mse``: true / false, or "auto" = on for formats of 4 bits or fewer (min/max ranges waste
-    levels on outliers: on the default model it lowers int4-g64's KLD from 0.36 to 0.28 and
-    int2-g64's from 12.1 to 6.9, for ~15 s more), off at 8 bits."""
-    if isinstance(value, str) and value.lower() == "auto":
-        return fmt.bits <= 4
-    if isinstance(value, str):
-        return value.lower() in ("1", "true", "yes", "on")
-    return bool(value)
+@dataclass(frozen=True)
+class GPTQConfig(MethodConfig):
+    blocksize: int = option(
+        32, "columns per lazy-update block (speed only; the paper uses 128, 32 is faster on CPU)", min=1
+    )
+    percdamp: float = option(
+        0.01, "dampening added to diag(H), as a fraction of its mean", min=1e-9, max=10.0
+    )
+    act_order: bool = option(False, "quantize columns in decreasing diag(H) order (static groups)")
+    # auto: on for formats of 4 bits or fewer (min/max ranges waste levels on outliers: on the
+    # default model it lowers int4-g64's KLD from 0.36 to 0.28 and int2-g64's from 12.1 to 6.9,
+    # for ~15 s more), off at 8 bits
+    mse: bool | None = option(
+        None, "shrink each group's range to minimise |w - q|^2.4 (auto: on at <= 4 bits)"
+    )
+
+    def resolved(self, fmt: FormatSpec) -> GPTQConfig:
+        return self if self.mse is not None else replace(self, mse=fmt.bits <= 4)
 
 
-def quantize_linear(weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, params: dict):
+def quantize_linear(weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, cfg: GPTQConfig):
     if stats is None:
         return fmt.quantize(weight)
     return gptq_quantize(
         weight,
         stats.take_hessian(),
         fmt,
-        blocksize=int(params.get("blocksize", 32)),
-        percdamp=float(params.get("percdamp", 0.01)),
-        act_order=bool(params.get("act_order", False)),
-        mse=_mse_on(params.get("mse", "auto"), fmt),  # resolved already when run by quantize_model
+        blocksize=cfg.blocksize,
+        percdamp=cfg.percdamp,
+        act_order=cfg.act_order,
+        mse=cfg.resolved(fmt).mse is True,
         own_h=True,  # the stats' own accumulator, scaled in place: no n x n copy
     )
 
@@ -224,15 +236,8 @@ GPTQ = register(
         name="gptq",
         description="GPTQ: second-order error feedback from calibration inputs (Frantar et al. 2022)",
         needs_calibration=True,
-        quantize_weight=lambda w, fmt, params: fmt.quantize(w),
-        resolve_params=lambda fmt, params: {**params, "mse": _mse_on(params.get("mse", "auto"), fmt)},
+        quantize_weight=lambda w, fmt, cfg: fmt.quantize(w),
         quantize_linear=quantize_linear,
-        default_params={"blocksize": 32, "percdamp": 0.01, "act_order": False, "mse": "auto"},
-        param_help={
-            "blocksize": "columns per lazy-update block (speed only; the paper uses 128, 32 is faster on CPU)",
-            "percdamp": "dampening added to diag(H), as a fraction of its mean",
-            "act_order": "quantize columns in decreasing diag(H) order (static groups)",
-            "mse": "shrink each group's range to minimise |w - q|^2.4 (auto: on at 4 bits or fewer)",
-        },
+        config=GPTQConfig,
     )
 )

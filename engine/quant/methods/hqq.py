@@ -18,12 +18,15 @@ calibration-free, stored in qtui's own formats so it runs on qtui's kernels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from engine.errors import QtuiError
 from engine.quant import primitives as P
 from engine.quant.formats import FormatSpec, QuantizedWeight
-from engine.quant.methods import LinearStats, MethodSpec, register
+from engine.quant.methods import LinearStats, MethodConfig, MethodSpec, register
+from engine.typed import option
 
 F16_TINY = torch.finfo(torch.float16).tiny
 
@@ -49,7 +52,16 @@ def _refit_scale(groups, mask, scales, zeros, fmt: FormatSpec, rounds: int) -> t
     return scales
 
 
-def hqq_affine(weight: torch.Tensor, fmt: FormatSpec, params: dict, round_zero: bool = True):
+@dataclass(frozen=True)
+class HQQConfig(MethodConfig):
+    lp_norm: float = option(0.7, "p of the sparsity-promoting error norm (p < 1)", min=0.01, max=1.0)
+    beta: float = option(10.0, "initial half-quadratic penalty", min=1e-6)
+    kappa: float = option(1.01, "growth of the penalty per iteration", min=1.0)
+    iters: int = option(20, "solver iterations (early-stopped)", min=1)
+    refit: int = option(3, "least-squares scale refits after rounding hqq's float zero to an integer", min=0)
+
+
+def hqq_affine(weight: torch.Tensor, fmt: FormatSpec, cfg: HQQConfig, round_zero: bool = True):
     """hqq's proximal solver on each group; returns (scales, zeros) ``[out, n_groups]`` (qtui convention)."""
     opt = _hqq()
     w = weight.detach().float()
@@ -60,12 +72,7 @@ def hqq_affine(weight: torch.Tensor, fmt: FormatSpec, params: dict, round_zero: 
     lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     scale_h = qmax / (hi - lo).clamp(min=1e-8)  # hqq's convention: W_q = W * scale + zero
     zero_h = -lo * scale_h
-    opt_params = {
-        "lp_norm": float(params.get("lp_norm", 0.7)),
-        "beta": float(params.get("beta", 10.0)),
-        "kappa": float(params.get("kappa", 1.01)),
-        "iters": int(params.get("iters", 20)),
-    }
+    opt_params = {"lp_norm": cfg.lp_norm, "beta": cfg.beta, "kappa": cfg.kappa, "iters": cfg.iters}
     _, scale_h, zero_h = opt.optimize_weights_proximal(
         tensor=flat, scale=scale_h, zero=zero_h, min_max=[0, qmax], axis=1, opt_params=opt_params
     )
@@ -75,19 +82,19 @@ def hqq_affine(weight: torch.Tensor, fmt: FormatSpec, params: dict, round_zero: 
         return scales, zeros
     zeros = torch.round(zeros).clamp(0, qmax)
     scales = scales.to(torch.float16).float().clamp(min=F16_TINY)
-    return _refit_scale(groups, mask, scales, zeros, fmt, int(params.get("refit", 3))), zeros
+    return _refit_scale(groups, mask, scales, zeros, fmt, cfg.refit), zeros
 
 
-def hqq_scale_only(weight: torch.Tensor, fmt: FormatSpec, params: dict) -> torch.Tensor:
+def hqq_scale_only(weight: torch.Tensor, fmt: FormatSpec, cfg: HQQConfig) -> torch.Tensor:
     """Half-quadratic splitting on the scale of a symmetric grid (qtui's adaptation, see module doc)."""
     shrink = _hqq().shrink_lp_op
     w = weight.detach().float()
     groups, mask = P.grouped(w, fmt.group_for(w.shape[1]))
     scales, _ = fmt.default_params(groups, mask)
     scales = scales.clamp(min=F16_TINY)
-    p, beta, kappa = float(params.get("lp_norm", 0.7)), float(params.get("beta", 10.0)), 1.01
+    p, beta, kappa = cfg.lp_norm, cfg.beta, cfg.kappa
     best, best_err = scales, float("inf")
-    for _ in range(int(params.get("iters", 20))):
+    for _ in range(cfg.iters):
         q = fmt.encode(groups, scales.unsqueeze(-1), None)
         levels = (fmt.mult * q - fmt.zero_const) * mask
         err = (groups - levels * scales.unsqueeze(-1)) * mask
@@ -102,15 +109,15 @@ def hqq_scale_only(weight: torch.Tensor, fmt: FormatSpec, params: dict) -> torch
     return best
 
 
-def quantize_weight(weight: torch.Tensor, fmt: FormatSpec, params: dict) -> QuantizedWeight:
+def quantize_weight(weight: torch.Tensor, fmt: FormatSpec, cfg: HQQConfig) -> QuantizedWeight:
     if fmt.grid == "affine":
-        scales, zeros = hqq_affine(weight, fmt, params, round_zero=fmt.zero_dtype != "float16")
+        scales, zeros = hqq_affine(weight, fmt, cfg, round_zero=fmt.zero_dtype != "float16")
         return fmt.quantize(weight, scales=scales, zeros=zeros)
-    return fmt.quantize(weight, scales=hqq_scale_only(weight, fmt, params))
+    return fmt.quantize(weight, scales=hqq_scale_only(weight, fmt, cfg))
 
 
-def quantize_linear(weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, params: dict):
-    return quantize_weight(weight, fmt, params)
+def quantize_linear(weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, cfg: HQQConfig):
+    return quantize_weight(weight, fmt, cfg)
 
 
 HQQ = register(
@@ -120,12 +127,6 @@ HQQ = register(
         needs_calibration=False,
         quantize_weight=quantize_weight,
         quantize_linear=quantize_linear,
-        default_params={"lp_norm": 0.7, "beta": 10.0, "kappa": 1.01, "iters": 20, "refit": 3},
-        param_help={
-            "lp_norm": "p of the sparsity-promoting error norm (p < 1)",
-            "beta": "initial half-quadratic penalty",
-            "iters": "solver iterations (early-stopped)",
-            "refit": "least-squares scale refits after rounding hqq's float zero to an integer",
-        },
+        config=HQQConfig,
     )
 )

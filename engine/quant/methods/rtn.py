@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from engine.quant.formats import FormatSpec, QuantizedWeight
-from engine.quant.methods import MethodSpec, register
+from engine.quant.methods import MethodSpec, NoParams, register
 
 
-def quantize_weight(weight: torch.Tensor, fmt: FormatSpec, params: dict) -> QuantizedWeight:
+def quantize_weight(weight: torch.Tensor, fmt: FormatSpec, cfg: NoParams) -> QuantizedWeight:
     return fmt.quantize(weight)
 
 

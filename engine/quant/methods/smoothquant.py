@@ -11,17 +11,29 @@ inputs have no norm before them), as in the paper's Llama recipe; they still run
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from engine.quant.formats import FormatSpec
-from engine.quant.methods import LinearStats, MethodSpec, register
+from engine.quant.methods import LinearStats, MethodConfig, MethodSpec, register
 from engine.quant.methods.awq import fold_scale, present_groups
+from engine.typed import option
+
+
+@dataclass(frozen=True)
+class SmoothQuantConfig(MethodConfig):
+    alpha: float = option(
+        0.5, "migration strength: 0 keeps activations as they are, 1 moves all to weights", min=0.0, max=1.0
+    )
 
 
 @torch.no_grad()
-def prepare_block(block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSpec, params: dict) -> dict:
-    alpha = float(params.get("alpha", 0.5))
+def prepare_block(
+    block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSpec, cfg: SmoothQuantConfig
+) -> dict:
+    alpha = cfg.alpha
     done = []
     for group, prev in present_groups(block, stats):
         if isinstance(prev, nn.Linear):
@@ -42,10 +54,9 @@ SMOOTHQUANT = register(
         name="smoothquant",
         description="SmoothQuant W8A8: outliers migrated into weights, int8 weights x int8 per-token activations",
         needs_calibration=True,
-        quantize_weight=lambda w, fmt, params: fmt.quantize(w),
+        quantize_weight=lambda w, fmt, cfg: fmt.quantize(w),
         prepare_block=prepare_block,
         families=("w8a8",),
-        default_params={"alpha": 0.5},
-        param_help={"alpha": "migration strength: 0 keeps activations as they are, 1 moves all to weights"},
+        config=SmoothQuantConfig,
     )
 )

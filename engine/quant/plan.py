@@ -1,0 +1,106 @@
+"""What a quantization run works on and what it reports: options, targets, per-Linear errors.
+
+Shared by the two drivers (``pipeline.quantize_model``, weight by weight, and ``blocks``, block by
+block) and by the store and size estimates; it imports neither driver, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from engine.quant.formats import FormatSpec
+from engine.quant.layers import QEmbedding, QLinear
+from engine.quant.methods import MethodConfig, MethodSpec
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    quantize_embeddings: bool = False
+    quantize_head: bool = False
+    keep_sensitive: int = 0  # keep the k Linears with the largest output error at ...
+    sensitive_bits: int = 8  # ... 8-bit (int8 per channel, RTN) or 16-bit (unquantized)
+    batch_size: int = 8  # calibration windows per forward pass
+    sample_tokens: int = 512  # calibration tokens kept per Linear input for output errors / AWQ
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    fmt: str
+    seconds: float
+    weight_rel_error: float  # ||W - W_q|| / ||W||
+    sqnr_db: float
+    out_rel_error: float | None = None  # ||WX - W_qX|| / ||WX|| on the calibration sample
+
+
+@dataclass
+class QuantReport:
+    fmt: FormatSpec
+    method: MethodSpec
+    config: MethodConfig  # resolved: what ran
+    options: QuantOptions
+    device: str = "cpu"  # where the weights were quantized
+    seconds: float = 0.0
+    layers: list[LayerReport] = field(default_factory=list)
+    calibration: dict | None = None  # Calibration.describe() when calibrated
+    kept: list[str] = field(default_factory=list)  # Linears kept at sensitive_bits (mixed precision)
+    block_info: list[dict] = field(default_factory=list)  # what prepare_block chose, per block
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no model.layers; unsupported layout")
+    return layers
+
+
+def targets(model: nn.Module, options: QuantOptions) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of everything to quantize, in forward order."""
+    out: list[tuple[str, nn.Module]] = []
+    inner = getattr(model, "model", model)
+    if options.quantize_embeddings:
+        out.append(("model.embed_tokens", inner.embed_tokens))
+    for i, block in enumerate(decoder_layers(model)):
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear):
+                out.append((f"model.layers.{i}.{name}", module))
+    if options.quantize_head:
+        out.append(("lm_head", model.get_output_embeddings()))
+    return out
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def weight_errors(
+    w: torch.Tensor, wq: torch.Tensor, x: torch.Tensor | None = None
+) -> tuple[float, float, float | None]:
+    """Relative weight error ``||W - W_q|| / ||W||``, SQNR in dB and, given calibration inputs
+    ``x`` ``[tokens, in]``, the relative output error ``||(W - W_q) x|| / ||W x||``."""
+    w = w.float()
+    diff = w - wq.float()
+    err = diff.pow(2).sum()
+    power = w.pow(2).sum().clamp(min=1e-30)
+    rel = float((err / power).sqrt())
+    sqnr = float(10 * torch.log10(power / err.clamp(min=1e-30)))
+    out = None
+    if x is not None:
+        out = float((x @ diff.t()).norm() / (x @ w.t()).norm().clamp(min=1e-30))
+    return rel, sqnr, out
+
+
+def quantized_modules(model: nn.Module) -> dict[str, QLinear | QEmbedding]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (QLinear, QEmbedding))}
+
+
+def input_transform_of(module: nn.Module) -> torch.Tensor | None:
+    """The input transform a model-level method put on a Linear (kept when it is quantized)."""
+    return getattr(module, "input_transform", None)

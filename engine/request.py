@@ -1,0 +1,81 @@
+"""One quantization request, built once where the user asked (CLI flags or the Models screen).
+
+Everything in it is parsed and checked when it is built - the format, the method and its typed
+config, the calibration choice, the device - so an unknown parameter or a missing GPU is a one-line
+error before any model is loaded, and the layers below receive typed values, never strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine import devices, sources, store, typed
+from engine.quant.calibration import CalibrationSpec
+from engine.quant.formats import FormatSpec, get_format
+from engine.quant.methods import MethodConfig, MethodSpec, get_method
+from engine.quant.plan import QuantOptions
+
+
+@dataclass(frozen=True)
+class QuantRequest:
+    source: sources.ModelSource
+    fmt: FormatSpec
+    method: MethodSpec
+    config: MethodConfig  # the method's own typed parameters (defaults filled in)
+    calibration: CalibrationSpec | None = None  # None: the built-in set when the method needs one
+    options: QuantOptions = field(default_factory=QuantOptions)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    out: Path | None = None  # None: the data folder, named by format, method and options
+    overwrite: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        source: str | sources.ModelSource,
+        fmt: str | FormatSpec,
+        method: str | MethodSpec = "rtn",
+        params: Mapping[str, object] | str | MethodConfig | None = None,
+        calibration: CalibrationSpec | str | None = None,
+        options: QuantOptions | None = None,
+        device: str | torch.device | None = "cpu",
+        out: str | Path | None = None,
+        overwrite: bool = False,
+    ) -> QuantRequest:
+        """Parse and check every part; ``params`` is ``{"KEY": "VALUE"}``, ``"KEY=VALUE ..."`` or a
+        config; ``calibration`` a spec or ``SOURCE[:SAMPLESxSEQ_LEN]``."""
+        from engine import specs
+
+        spec = get_format(fmt) if isinstance(fmt, str) else fmt
+        meth = get_method(method)
+        meth.check_format(spec)
+        if isinstance(params, str):
+            params = typed.parse_assignments(params, f"method {meth.name} parameter")
+        config = meth.configure(params)
+        calib = specs.parse_calibration(calibration) if isinstance(calibration, str) else calibration
+        src = sources.resolve(source) if isinstance(source, str) else source
+        return cls(
+            src,
+            spec,
+            meth,
+            config,
+            calib,
+            options or QuantOptions(),
+            devices.resolve(device, "quantizing"),
+            Path(out).expanduser() if out else None,
+            overwrite,
+        )
+
+    @property
+    def dest(self) -> Path:
+        """The variant folder this request writes."""
+        if self.out is not None:
+            return self.out
+        return store.default_variant_dir(self.source.slug, self.fmt, self.method.name, self.options)
+
+    @property
+    def name(self) -> str:
+        return self.dest.name
