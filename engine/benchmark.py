@@ -1,15 +1,16 @@
 """Decode speed of every qtui format on this CPU, in one run, on one prompt (``qtui bench``).
 
     qtui bench / python bench/decode.py [--model default|shape:qwen3-0.6b] [--tokens 128] [--threads 2]
-                           [--repeats 3] [--formats bf16 int4-g64 int4-g64:naive ...]
+                           [--repeats 3] [--formats bf16 int4-g64 int4-g64@naive ...]
                            [--json OUT] [--llama-cpp]
 
 Both entry points parse their flags into one :class:`BenchOptions` and call :func:`run` with it.
 
 Each variant is quantized in memory (RTN) from the same float model, laid out for the kernel qtui
-picks (``FMT:BACKEND`` forces one, e.g. ``int4-g64:naive``), warmed up once, then timed over
-``--repeats`` greedy generations of exactly ``--tokens`` tokens: the loop is the app's own CPU decode
-loop (``engine.runtime.decode_token_ids``) with EOS ignored, so every row decodes the same count.
+picks (``FMT@BACKEND`` forces one, e.g. ``int4-g64@naive``; the older ``FMT:BACKEND`` still works),
+warmed up once, then timed over ``--repeats`` greedy generations of exactly ``--tokens`` tokens:
+the loop is the app's own CPU decode loop (``engine.runtime.decode_token_ids``) with EOS ignored, so
+every row decodes the same count.
 ``decode tok/s`` = (tokens - 1) / time after the first token (as ``GenResult.decode_tps``); TTFT =
 prefill + first token. Medians over repeats.
 
@@ -32,20 +33,24 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from engine import sources
 from engine.errors import FormatError, QtuiError
 from engine.machine import machine
-from engine.quant.formats import get_format
 from engine.quant.layers import BACKENDS
 from engine.quant.methods import get_method
 from engine.quant.pipeline import quantize_model
 from engine.runtime import GenSettings, Variant, chat_ids, decode_token_ids, variant_from_model
 from engine.shapes import SHAPES
+from engine.specs import parse_format_backend
 
-FORMATS = ("bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int2-g64", "q1_0_g128", "int4-g64:naive")
+if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): Any to it
+    from transformers import PreTrainedTokenizerBase
+
+FORMATS = ("bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int2-g64", "q1_0_g128", "int4-g64@naive")
 PROMPT = "Write a long, detailed story about an old lighthouse keeper who finds a message in a bottle."
 SHAPE_PROMPT_TOKENS = 40
 WARMUP_TOKENS = 8
@@ -64,7 +69,7 @@ class BenchOptions:
     tokens: int = 128  # tokens decoded per run (>= 2)
     threads: int = 2
     repeats: int = 3
-    formats: tuple[str, ...] = FORMATS  # FMT or FMT:BACKEND
+    formats: tuple[str, ...] = FORMATS  # FMT or FMT@BACKEND
     seed: int = 0  # for shape:* models
     json_out: Path | None = None  # also write the results here
     llama_cpp: bool = False  # add llama.cpp on the same GGUF (default model only)
@@ -90,9 +95,8 @@ class BenchOptions:
         if self.model.startswith("shape:") and self.model[6:] not in SHAPES:
             raise BenchError(f"{self.model}: unknown shape; known: {', '.join(SHAPES)}")
         for entry in self.formats:
-            fmt_name, _, backend = entry.partition(":")
             try:
-                fmt = get_format(fmt_name)
+                fmt, backend = parse_format_backend(entry)
             except FormatError as exc:
                 raise BenchError(str(exc)) from None
             if backend and backend not in BACKENDS:
@@ -118,7 +122,7 @@ class Row:
 class Source:
     name: str
     model: torch.nn.Module  # float32, never run itself: each variant quantizes a copy
-    tokenizer: object | None
+    tokenizer: PreTrainedTokenizerBase | None
     prompt_ids: torch.Tensor
 
 
@@ -129,7 +133,7 @@ def shape_model(shape: str, seed: int = 0) -> torch.nn.Module:
 
     config = SHAPES[shape].config()
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
+    model: torch.nn.Module = Qwen3ForCausalLM(config)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.to(torch.bfloat16).float())
@@ -141,7 +145,8 @@ def load_source(name: str, seed: int = 0) -> Source:
         shape = name.removeprefix("shape:")
         model = shape_model(shape, seed)
         gen = torch.Generator().manual_seed(seed)
-        ids = torch.randint(0, model.config.vocab_size, (1, SHAPE_PROMPT_TOKENS), generator=gen)
+        vocab_size = SHAPES[shape].vocab_size  # the model's config.vocab_size
+        ids = torch.randint(0, vocab_size, (1, SHAPE_PROMPT_TOKENS), generator=gen)
         label = shape.replace("qwen3-", "Qwen3-").replace("b", "B")  # qwen3-0.6b -> Qwen3-0.6B
         return Source(f"random weights, {label} shape", model, None, ids)
     loaded = sources.load(name)
@@ -149,14 +154,13 @@ def load_source(name: str, seed: int = 0) -> Source:
 
 
 def make_variant(src: Source, entry: str) -> Variant:
-    """``FMT`` or ``FMT:BACKEND`` quantized (RTN) from a copy of the float model, on CPU."""
-    fmt_name, _, backend = entry.partition(":")
-    fmt = get_format(fmt_name)
+    """``FMT`` or ``FMT@BACKEND`` quantized (RTN) from a copy of the float model, on CPU."""
+    fmt, backend = parse_format_backend(entry)
     model = copy.deepcopy(src.model)
     if not fmt.is_float:
         quantize_model(model, fmt, get_method("rtn"))
     label = f"{fmt.name} {backend}" if backend else fmt.name
-    return variant_from_model(label, model, src.tokenizer, fmt, "cpu", backend or None)
+    return variant_from_model(label, model, src.tokenizer, fmt, "cpu", backend)
 
 
 # ------------------------------------------------------------------------------ timing
@@ -184,7 +188,8 @@ def measure(variant: Variant, prompt_ids: torch.Tensor, tokens: int, repeats: in
 
 
 def bench_formats(src: Source, formats: tuple[str, ...], tokens: int, repeats: int) -> list[Row]:
-    rows = []
+    rows: list[Row] = []
+    variant: Variant | None = None
     for entry in formats:
         print(f"  {entry} ...", file=sys.stderr, flush=True)
         try:
@@ -288,7 +293,7 @@ def try_llama_cpp(src: Source, tokens: int, threads: int, repeats: int) -> Row |
 
 # ------------------------------------------------------------------------------ report
 def markdown(info: dict[str, object], src: Source, rows: list[Row], repeats: int) -> str:
-    m = info["machine"]
+    m = cast(dict[str, object], info["machine"])  # engine.machine.machine()
     lines = [
         f"**Machine:** {m['cpu']}, {m['logical_cores']} logical cores ({m['usable_cores']} usable), "
         f"torch {m['torch']}, transformers {m['transformers']}, {m['threads']} threads",
@@ -317,7 +322,7 @@ def parse_args(argv: list[str] | None) -> BenchOptions:
     p.add_argument("--tokens", type=int, default=128, help="tokens decoded per run (>= 2)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--formats", nargs="+", default=FORMATS, help="FMT or FMT:BACKEND, e.g. int4-g64:naive")
+    p.add_argument("--formats", nargs="+", default=FORMATS, help="FMT or FMT@BACKEND, e.g. int4-g64@naive")
     p.add_argument("--seed", type=int, default=0, help="for shape:* models")
     p.add_argument("--json", dest="json_out", type=Path, help="also write the results here")
     p.add_argument("--llama-cpp", action="store_true", help="add llama.cpp on the same GGUF (default model)")

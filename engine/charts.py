@@ -97,7 +97,7 @@ def bar_chart(
 
 def _nice_ceiling(v: float) -> float:
     """The smallest of 1, 2, 2.5, 5 x 10^k that is >= v."""
-    exp = 10 ** math.floor(math.log10(v))
+    exp: float = 10 ** math.floor(math.log10(v))  # int ** int is typed Any (a negative power is a float)
     for m in (1, 2, 2.5, 5, 10):
         if m * exp >= v:
             return m * exp

@@ -10,12 +10,18 @@ memory, the worst layers by weight error, and every variant's answers to fixed p
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine.evals.results import TaskResult
 from engine.evals.stats import compare_text, retention, speedup
 from engine.machine import machine_text
+
+if TYPE_CHECKING:
+    from engine.runtime import Variant
 
 FIXED_PROMPTS = (
     "What is the capital of France?",
@@ -30,12 +36,12 @@ class ReportedVariant:
     key: str
     format: str = ""
     method: str = ""
-    params: dict = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     bytes_on_disk: int | None = None
     weight_bytes: int | None = None
     bits_per_weight: float | None = None
     backend: str = ""
-    worst_layers: list[dict] = field(default_factory=list)
+    worst_layers: list[dict[str, Any]] = field(default_factory=list)
     ttft_s: float | None = None
     decode_tps: float | None = None
     tokens_per_answer: float | None = None
@@ -44,7 +50,7 @@ class ReportedVariant:
     flags: list[list[str]] = field(default_factory=list)
 
 
-def variant_info(variant, key: str, n_layers: int = 5) -> ReportedVariant:
+def variant_info(variant: Variant, key: str, n_layers: int = 5) -> ReportedVariant:
     m = variant.manifest  # None for a baseline made in memory
     layers = sorted(m.layers if m else [], key=lambda r: -(r.get("rel_error") or 0))[:n_layers]
     return ReportedVariant(
@@ -62,8 +68,12 @@ def variant_info(variant, key: str, n_layers: int = 5) -> ReportedVariant:
 
 
 def measure_prompts(
-    info: ReportedVariant, variant, prompts=FIXED_PROMPTS, max_new_tokens: int = 48, cancel=None
-):
+    info: ReportedVariant,
+    variant: Variant,
+    prompts: Sequence[str] = FIXED_PROMPTS,
+    max_new_tokens: int = 48,
+    cancel: threading.Event | None = None,
+) -> None:
     """Answers to the fixed prompts with TTFT, decode tokens/s, tokens per answer, peak RSS."""
     from engine.runtime import GenSettings, generate
 
@@ -168,7 +178,7 @@ def variants_table(infos: list[ReportedVariant], baseline: str | None) -> str:
     return _md(header, rows)
 
 
-def answers_section(infos: list[ReportedVariant], prompts=FIXED_PROMPTS) -> str:
+def answers_section(infos: list[ReportedVariant], prompts: Sequence[str] = FIXED_PROMPTS) -> str:
     out = []
     for j, prompt in enumerate(prompts):
         out.append(f"**{prompt}**\n")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -28,6 +29,12 @@ from engine.quant.formats import FormatSpec
 from engine.quant.pipeline import prepare_model
 from engine.telemetry import PeakSampler
 from engine.typed import option
+
+if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): these are Any to it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+FinishReason = Literal["eos", "length", "stopped"]  # EOS token, max_new_tokens reached, cancelled
+Message = dict[str, str]  # a chat message: {"role": ..., "content": ...}
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class GenResult:
     prefill_tps: float = 0.0  # prompt tokens / ttft
     decode_tps: float = 0.0  # tokens after the first / time from the first to the last token
     total_s: float = 0.0
-    finish: str = ""  # "eos" | "length" | "stopped"
+    finish: FinishReason | Literal[""] = ""  # "" until the generation has finished
     looped: bool = False
     peak_rss: int = 0
     peak_cuda: int = 0
@@ -73,7 +80,7 @@ class GenResult:
 
     @property
     def flags(self) -> list[str]:
-        out = []
+        out: list[str] = []
         if self.looped:
             out.append("loop")
         if self.hit_limit:
@@ -83,13 +90,20 @@ class GenResult:
         return out
 
 
+@runtime_checkable
+class _RuntimeSized(Protocol):
+    """A layer that reports the bytes its kernel layout holds (quantized layers)."""
+
+    def runtime_bytes(self) -> int: ...
+
+
 @dataclass
 class Variant:
     """A loaded model ready to generate."""
 
     name: str
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     fmt: FormatSpec
     device: torch.device
     dtype: torch.dtype
@@ -102,19 +116,20 @@ class Variant:
     def backend(self) -> str:
         if not self.backends:
             return f"dense {str(self.dtype).removeprefix('torch.')} (torch matmul)"
-        return max(self.backends, key=self.backends.get)
+        return max(self.backends, key=self.backends.__getitem__)
 
     def weight_bytes(self) -> int:
-        seen, total = set(), 0
+        seen: set[int] = set()
+        total = 0
         for t in list(self.model.parameters()) + list(self.model.buffers()):
             if t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()
         for m in self.model.modules():
-            if hasattr(m, "runtime_bytes"):
+            if isinstance(m, _RuntimeSized):  # a hasattr check (runtime_checkable protocol)
                 total += m.runtime_bytes()
-            elif getattr(m, "qw", None) is not None and hasattr(m, "backend_label"):
-                total += m.qw.nbytes
+            elif (qw := getattr(m, "qw", None)) is not None and hasattr(m, "backend_label"):
+                total += qw.nbytes
         return total
 
     def warm_up(self, progress: ProgressFn | None = None) -> None:
@@ -140,17 +155,24 @@ def compute_dtype(fmt: FormatSpec, device: torch.device) -> torch.dtype:
 
 
 def variant_from_model(
-    name: str, model, tokenizer, fmt: FormatSpec, device=None, backend=None, folder=None, manifest=None
+    name: str,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: FormatSpec,
+    device: torch.device | str | None = None,
+    backend: str | None = None,
+    folder: Path | None = None,
+    manifest: Manifest | None = None,
 ) -> Variant:
-    device = torch.device(device) if device is not None else default_device()
-    dtype = compute_dtype(fmt, device)
-    backends = prepare_model(model, device, dtype, backend)
+    dev = torch.device(device) if device is not None else default_device()
+    dtype = compute_dtype(fmt, dev)
+    backends = prepare_model(model, dev, dtype, backend)
     model.eval().requires_grad_(False)  # inference only: no autograd bookkeeping anywhere
 
-    return Variant(name, model, tokenizer, fmt, device, dtype, backends, folder, manifest)
+    return Variant(name, model, tokenizer, fmt, dev, dtype, backends, folder, manifest)
 
 
-_TOKENIZERS: dict[str, object] = {}
+_TOKENIZERS: dict[str, PreTrainedTokenizerBase] = {}
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -159,7 +181,7 @@ _TOKENIZER_FILES = (
 )
 
 
-def shared_tokenizer(folder: Path):
+def shared_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     """One tokenizer object per distinct set of tokenizer files, shared by every variant using it."""
     import hashlib
 
@@ -176,7 +198,9 @@ def shared_tokenizer(folder: Path):
     return _TOKENIZERS[key]
 
 
-def load_variant(folder: Path, device=None, backend: str | None = None, verify: bool = True) -> Variant:
+def load_variant(
+    folder: Path, device: torch.device | str | None = None, backend: str | None = None, verify: bool = True
+) -> Variant:
     """Load a saved variant folder (see :mod:`engine.store`) onto ``device``."""
     from engine import store
 
@@ -192,7 +216,9 @@ def load_variant(folder: Path, device=None, backend: str | None = None, verify: 
 
 
 # ------------------------------------------------------------------------------ generation
-def chat_ids(tokenizer, prompt: str | list[dict], system: str | None = None) -> torch.Tensor:
+def chat_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: str | list[Message], system: str | None = None
+) -> torch.Tensor:
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system:
         messages = [{"role": "system", "content": system}, *messages]
@@ -200,9 +226,11 @@ def chat_ids(tokenizer, prompt: str | list[dict], system: str | None = None) -> 
         out = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
-        return out["input_ids"]
+        ids: torch.Tensor = out["input_ids"]
+        return ids
     text = "\n".join(m["content"] for m in messages)
-    return tokenizer(text, return_tensors="pt")["input_ids"]
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    return ids
 
 
 def eos_ids(variant: Variant) -> set[int]:
@@ -249,14 +277,14 @@ def _sample(logits: torch.Tensor, s: GenSettings, gen: torch.Generator | None) -
 class _Detok:
     """Incremental detokenizer: emits only complete characters."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tok = tokenizer
         self.ids: list[int] = []
         self.text = ""
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        text: str = self.tok.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return ""
         delta = text[len(self.text) :] if text.startswith(self.text) else text
@@ -266,7 +294,7 @@ class _Detok:
 
 def stream(
     variant: Variant,
-    prompt: str | list[dict],
+    prompt: str | list[Message],
     settings: GenSettings = GenSettings(),
     cancel: threading.Event | None = None,
 ) -> Generator[Token, None, GenResult]:
@@ -276,7 +304,7 @@ def stream(
     result.prompt_tokens = int(ids.shape[1])
     stops = eos_ids(variant)
     detok = _Detok(variant.tokenizer)
-    gen = None
+    gen: torch.Generator | None = None
     if settings.temperature > 0:
         gen = torch.Generator(device="cpu").manual_seed(settings.seed)
     # The clock runs only while this generator is working: when several variants are interleaved
@@ -326,7 +354,13 @@ def stream(
     return result
 
 
-def decode_token_ids(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cancel) -> Iterator[int]:
+def decode_token_ids(
+    variant: Variant,
+    ids: torch.Tensor,
+    s: GenSettings,
+    gen: torch.Generator | None,
+    cancel: threading.Event | None,
+) -> Generator[int, None, None]:
     """The CPU decode loop: one prefill (last position's logits only), then one forward per token
     with a dynamic KV cache; yields token ids forever (the caller stops it: EOS, limit, cancel)."""
     from transformers import DynamicCache
@@ -345,35 +379,41 @@ def decode_token_ids(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, c
             token = _sample(out.logits[0, -1], s, gen)
 
 
-def _cuda_tokens(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cancel) -> Iterator[int]:
+def _cuda_tokens(
+    variant: Variant,
+    ids: torch.Tensor,
+    s: GenSettings,
+    gen: torch.Generator | None,
+    cancel: threading.Event | None,
+) -> Generator[int, None, None]:
     """transformers.generate with a static KV cache (compiled decode step), streamed by token."""
     from queue import Queue
 
     from transformers import StoppingCriteria
     from transformers.generation.streamers import BaseStreamer
 
-    queue: Queue = Queue()
+    queue: Queue[int | None] = Queue()
     done = threading.Event()
 
-    class _Streamer(BaseStreamer):
-        def __init__(self):
+    class _Streamer(BaseStreamer):  # type: ignore[misc]  # transformers is not analysed: its classes are Any
+        def __init__(self) -> None:
             self.prompt_seen = False
 
-        def put(self, value):
+        def put(self, value: torch.Tensor) -> None:
             if not self.prompt_seen:  # generate() first puts the prompt
                 self.prompt_seen = True
                 return
             for token in value.reshape(-1).tolist():
                 queue.put(int(token))
 
-        def end(self):
+        def end(self) -> None:
             pass
 
-    class _Stop(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kw):
+    class _Stop(StoppingCriteria):  # type: ignore[misc]  # transformers is not analysed: its classes are Any
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw: Any) -> bool:
             return bool((cancel is not None and cancel.is_set()) or done.is_set())
 
-    def _run():
+    def _run() -> None:
         try:
             torch.manual_seed(s.seed)
             sampling = (
@@ -381,7 +421,7 @@ def _cuda_tokens(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cance
                 if s.temperature > 0
                 else {"do_sample": False}
             )
-            variant.model.generate(
+            cast("PreTrainedModel", variant.model).generate(
                 ids,
                 max_new_tokens=s.max_new_tokens,
                 cache_implementation="static",
@@ -408,7 +448,7 @@ def _cuda_tokens(variant: Variant, ids: torch.Tensor, s: GenSettings, gen, cance
 
 def generate(
     variant: Variant,
-    prompt: str | list[dict],
+    prompt: str | list[Message],
     settings: GenSettings = GenSettings(),
     on_token: Callable[[Token], None] | None = None,
     cancel: threading.Event | None = None,
@@ -418,6 +458,6 @@ def generate(
         try:
             token = next(gen)
         except StopIteration as stop:
-            return stop.value
+            return cast(GenResult, stop.value)
         if on_token is not None:
             on_token(token)

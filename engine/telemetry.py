@@ -6,12 +6,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import psutil
 
 
 def rss_bytes() -> int:
-    return psutil.Process().memory_info().rss
+    rss: int = psutil.Process().memory_info().rss
+    return rss
 
 
 def cuda_allocated_bytes() -> int:
@@ -53,7 +55,9 @@ class PeakSampler:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -69,7 +73,7 @@ class RingBuffer:
     """Fixed-size (time, value) series for live charts."""
 
     size: int = 300
-    _data: deque = field(default_factory=deque)
+    _data: deque[tuple[float, float]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def append(self, value: float, t: float | None = None) -> None:

@@ -11,13 +11,15 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
+from engine.evals.results import TaskResult
 from engine.manifest import Manifest
 from engine.progress import ProgressFn
 from engine.request import QuantRequest
-from engine.runtime import GenResult, GenSettings, Token
-from engine.sources import ModelSource
+from engine.runtime import GenResult, GenSettings, Message, Token, Variant
+from engine.sources import LoadedSource, ModelSource
+from engine.specs import EvalMode
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,12 @@ class Loaded:
     weight_bytes: int
     bytes_on_disk: int
     bits_per_weight: float
-    handle: object = None
+    handle: object = None  # the engine's Variant (a fake service's own object in UI tests)
+
+
+def _variant(loaded: Loaded) -> Variant:
+    """The engine's handle of a variant :class:`EngineService` loaded."""
+    return cast(Variant, loaded.handle)
 
 
 class Service(Protocol):
@@ -81,21 +88,21 @@ class Service(Protocol):
 
     def load(self, spec: str, device: str, progress: ProgressFn, cancel: threading.Event) -> Loaded: ...
     def stream(
-        self, loaded: Loaded, messages: list[dict], settings: GenSettings, cancel: threading.Event
+        self, loaded: Loaded, messages: list[Message], settings: GenSettings, cancel: threading.Event
     ) -> Generator[Token, None, GenResult]: ...
     def decode(self, loaded: Loaded, token_ids: list[int]) -> str: ...
     def release_sources(self) -> None: ...
-    def eval_tasks(self) -> list[tuple[str, str, tuple[str, ...]]]: ...
+    def eval_tasks(self) -> list[tuple[str, str, tuple[EvalMode, ...]]]: ...
     def evaluate(
         self,
         loaded: Loaded,
         baseline: Loaded | None,
         task: str,
-        mode: str,
+        mode: EvalMode,
         limit: int | None,
         progress: ProgressFn,
         cancel: threading.Event,
-    ): ...
+    ) -> TaskResult: ...
 
 
 class EngineService:
@@ -106,7 +113,7 @@ class EngineService:
 
         sources.preload_libraries()  # before any worker thread imports transformers
         self.note = sources.DEFAULT_NOTE
-        self._loaded_sources: dict = {}
+        self._loaded_sources: dict[str, LoadedSource] = {}
         self._lock = threading.Lock()
 
     def sources(self) -> list[ModelSource]:
@@ -158,7 +165,7 @@ class EngineService:
             return None
         return sizing.estimate_bytes(source.path, get_format(fmt))
 
-    def _source(self, ref: str, progress: ProgressFn, cancel: threading.Event):
+    def _source(self, ref: str, progress: ProgressFn, cancel: threading.Event) -> LoadedSource:
         from engine import sources
 
         with self._lock:
@@ -167,7 +174,13 @@ class EngineService:
             return self._loaded_sources[ref]
 
     def quantize_request(
-        self, source_ref, fmt, method, params="", calibration="", device="cpu"
+        self,
+        source_ref: str,
+        fmt: str,
+        method: str,
+        params: str = "",
+        calibration: str = "",
+        device: str = "cpu",
     ) -> QuantRequest:
         """The typed request for one job, checked here (unknown parameters, bad values, a device
         this machine lacks are one-line errors before anything is queued)."""
@@ -177,18 +190,18 @@ class EngineService:
             source_ref, fmt, method, params, calibration or None, device=device, overwrite=True
         )
 
-    def quantize(self, request, progress, cancel) -> VariantInfo:
+    def quantize(self, request: QuantRequest, progress: ProgressFn, cancel: threading.Event) -> VariantInfo:
         from engine import variants
 
         loaded = self._source(request.source.ref, progress, cancel)
         saved = variants.quantize_and_save(request, progress, cancel, loaded=loaded)
         return VariantInfo.of(saved.path, saved.manifest)
 
-    def load(self, spec, device, progress, cancel) -> Loaded:
+    def load(self, spec: str, device: str, progress: ProgressFn, cancel: threading.Event) -> Loaded:
         from engine import specs, store, variants
 
         parsed = specs.parse_model_spec(spec)
-        cache = None
+        cache: dict[str, LoadedSource] | None = None
         if parsed.source is not None:
             cache = {parsed.source.ref: self._source(parsed.source.ref, progress, cancel)}
         variant = variants.open_spec(parsed, device, progress, cancel, loaded_cache=cache)
@@ -199,13 +212,16 @@ class EngineService:
         name = variant.name if parsed.folder is None else store.variant_name(variant.fmt, parsed.method)
         return Loaded(name, variant.backend, variant.weight_bytes(), disk, bpw, variant)
 
-    def stream(self, loaded, messages, settings, cancel):
+    def stream(
+        self, loaded: Loaded, messages: list[Message], settings: GenSettings, cancel: threading.Event
+    ) -> Generator[Token, None, GenResult]:
         from engine import runtime
 
-        return runtime.stream(loaded.handle, messages, settings, cancel)
+        return runtime.stream(_variant(loaded), messages, settings, cancel)
 
-    def decode(self, loaded, token_ids):
-        return loaded.handle.tokenizer.decode(token_ids, skip_special_tokens=True)
+    def decode(self, loaded: Loaded, token_ids: list[int]) -> str:
+        text: str = _variant(loaded).tokenizer.decode(token_ids, skip_special_tokens=True)
+        return text
 
     def release_sources(self) -> None:
         """Drop the float source models kept for quantizing (reloaded in ~0.3 s when needed)."""
@@ -220,18 +236,29 @@ class EngineService:
         except OSError:
             pass
 
-    def eval_tasks(self):
+    def eval_tasks(self) -> list[tuple[str, str, tuple[EvalMode, ...]]]:
         """(name, title, modes) of every registered evaluation task."""
         from engine.evals.tasks import TASKS
 
-        texts = [("wikitext", "WikiText-2 sample: fidelity text", ("fidelity",)),
-                 ("passages", "built-in passages: fidelity text", ("fidelity",))]  # fmt: skip
+        texts: list[tuple[str, str, tuple[EvalMode, ...]]] = [
+            ("wikitext", "WikiText-2 sample: fidelity text", ("fidelity",)),
+            ("passages", "built-in passages: fidelity text", ("fidelity",)),
+        ]
         return [(t.name, t.title, tuple(t.modes)) for t in TASKS.values()] + texts
 
-    def evaluate(self, loaded, baseline, task, mode, limit, progress, cancel):
+    def evaluate(
+        self,
+        loaded: Loaded,
+        baseline: Loaded | None,
+        task: str,
+        mode: EvalMode,
+        limit: int | None,
+        progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> TaskResult:
         """One variant on one task in one mode (cached by content); fidelity is vs ``baseline``."""
         from engine.evals import api
 
-        base = baseline.handle if baseline is not None else None
-        subject = api.subject_from_variant(loaded.handle, base)
+        base = _variant(baseline) if baseline is not None else None
+        subject = api.subject_from_variant(_variant(loaded), base)
         return api.run(subject, task, mode, limit, progress=progress, cancel=cancel)

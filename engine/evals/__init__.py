@@ -6,8 +6,13 @@ The API for the CLI and the app is :func:`engine.evals.api.run` (also importable
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 
-def run(*args, **kwargs):
+if TYPE_CHECKING:
+    from engine.evals.results import TaskResult
+
+
+def run(*args: Any, **kwargs: Any) -> TaskResult:
     """:func:`engine.evals.api.run` (imported lazily so ``engine.evals.fidelity`` stays light)."""
     from engine.evals.api import run as _run
 

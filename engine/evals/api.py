@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,12 +28,16 @@ from engine.evals import results as res
 from engine.evals.batchgen import generate_batch
 from engine.evals.data import ASSETS, SHARED_SAMPLES, DataError, file_hash
 from engine.evals.loglik import pick, score_pairs
-from engine.evals.tasks import Task, get_task
+from engine.evals.tasks import Item, Task, get_task
 from engine.machine import machine_text
 from engine.progress import ProgressFn
 from engine.runtime import Variant
+from engine.specs import EVAL_MODES, EvalMode
 
-MODES = ("loglik", "generate", "fidelity")
+if TYPE_CHECKING:
+    from engine.sources import LoadedSource, ModelSource
+
+ItemRecord = dict[str, Any]  # one item's outcome, as stored in TaskResult.items
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Subject:
 
 def variant_hash(variant: Variant) -> str:
     """A saved variant's manifest tensor hashes, else a hash of the loaded weights."""
-    cached = getattr(variant, "_qtui_hash", None)
+    cached: str | None = getattr(variant, "_qtui_hash", None)
     if cached:
         return cached
     h = hashlib.sha256()
@@ -83,10 +88,10 @@ def subject_from_variant(variant: Variant, baseline: Variant | None = None) -> S
 
 def open_subject(
     spec: str,
-    device=None,
+    device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
-    loaded_cache: dict | None = None,
+    loaded_cache: dict[str, LoadedSource] | None = None,
 ) -> Subject:
     """Open a SPEC as ``qtui chat`` does (``default``, ``default:int4-g64``, a variant folder)."""
     from engine import sources, specs, variants
@@ -96,6 +101,7 @@ def open_subject(
     parsed = specs.parse_model_spec(spec)
     variant = variants.open_spec(parsed, device, progress, cancel, loaded_cache=cache)
     manifest = variant.manifest  # None for a baseline made in memory
+    source: ModelSource | None
     if parsed.source is not None:
         source = parsed.source
     else:
@@ -129,7 +135,7 @@ def _noop(done: int, total: int, text: str) -> None:
 def run(
     subject: Subject | Variant,
     task: str | Task,
-    mode: str = "loglik",
+    mode: EvalMode = "loglik",
     limit: int | None = None,
     data: Path | str | None = None,
     settings: EvalSettings = EvalSettings(),
@@ -140,8 +146,8 @@ def run(
     """Evaluate one variant on one task in one mode; cached by content."""
     if isinstance(subject, Variant):
         subject = subject_from_variant(subject)
-    if mode not in MODES:
-        raise QtuiError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode not in EVAL_MODES:  # callers pass what a user typed
+        raise QtuiError(f"unknown mode {mode!r}; use one of {', '.join(EVAL_MODES)}")
     if mode == "fidelity":
         return _fidelity(subject, task if isinstance(task, str) else task.name, limit, data, settings,
                          progress, cancel, use_cache)  # fmt: skip
@@ -149,7 +155,7 @@ def run(
     if mode not in t.modes:
         raise QtuiError(f"task {t.name} has no {mode} mode (it supports: {', '.join(t.modes)})")
     items, task_hash = t.load(data, limit)
-    used = {"limit": limit, "n": len(items)}
+    used: dict[str, object] = {"limit": limit, "n": len(items)}
     if mode == "generate":
         used |= {"max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
                  "system": settings.system}  # fmt: skip
@@ -171,15 +177,24 @@ def _machine(variant: Variant) -> str:
     return f"{machine_text()}; device {variant.device}; backend {variant.backend}"
 
 
-def _loglik(variant, task: Task, items, settings, progress, cancel):
-    pairs, spans = [], []
+def _loglik(
+    variant: Variant,
+    task: Task,
+    items: list[Item],
+    settings: EvalSettings,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> tuple[int, dict[str, Any], list[ItemRecord]]:
+    assert task.loglik is not None  # run() checked that the task has a loglik mode
+    pairs: list[tuple[str, str]] = []
+    spans: list[tuple[int, int]] = []
     for item in items:
         context, conts = task.loglik(item)
         spans.append((len(pairs), len(conts)))
         pairs += [(context, c) for c in conts]
     choices = score_pairs(variant.model, variant.tokenizer, pairs, progress=progress, cancel=cancel)
     correct = correct_norm = 0
-    records = []
+    records: list[ItemRecord] = []
     for item, (first, count) in zip(items, spans, strict=True):
         scored = choices[first : first + count]
         acc, norm = pick(scored)
@@ -191,11 +206,18 @@ def _loglik(variant, task: Task, items, settings, progress, cancel):
     return correct, metrics, records
 
 
-def _generate(variant, task: Task, items, settings: EvalSettings, progress, cancel):
+def _generate(
+    variant: Variant,
+    task: Task,
+    items: list[Item],
+    settings: EvalSettings,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> tuple[int, dict[str, Any], list[ItemRecord]]:
     prompts = [task.gen_prompt(item) for item in items]
     order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # similar lengths pad less
-    records: list[dict | None] = [None] * len(items)
-    batch_times = []
+    records: list[ItemRecord | None] = [None] * len(items)
+    batch_times: list[tuple[float, int]] = []
     for start in range(0, len(order), settings.batch_size):
         batch = order[start : start + settings.batch_size]
         gens = generate_batch(variant, [prompts[i] for i in batch], settings.max_new_tokens, settings.system,
@@ -216,11 +238,13 @@ def _generate(variant, task: Task, items, settings: EvalSettings, progress, canc
     return sum(r["correct"] for r in recs), metrics, recs
 
 
-def _generation_metrics(recs: list[dict], batch_times: list[tuple[float, int]]) -> dict:
-    count = lambda key, value=True: sum(1 for r in recs if r[key] == value)  # noqa: E731
+def _generation_metrics(recs: list[ItemRecord], batch_times: list[tuple[float, int]]) -> dict[str, float]:
+    def count(key: str, value: object = True) -> int:
+        return sum(1 for r in recs if r[key] == value)
+
     degenerate = sum(1 for r in recs if r["looped"] or r["finish"] == "length" or r["empty"])
     total_s, total_tok = sum(t for t, _ in batch_times), sum(n for _, n in batch_times)
-    m = {
+    m: dict[str, float] = {
         "correct_strict": count("correct_strict"), "boxed": count("source", "boxed"),
         "fallback": count("source", "fallback"), "no_answer": count("source", "none"),
         "looped": count("looped"), "hit_limit": count("finish", "length"), "empty": count("empty"),
@@ -257,7 +281,16 @@ def text_path(name: str, data: Path | str | None) -> Path:
     return path
 
 
-def _fidelity(subject: Subject, name, limit, data, settings, progress, cancel, use_cache) -> res.TaskResult:
+def _fidelity(
+    subject: Subject,
+    name: str,
+    limit: int | None,
+    data: Path | str | None,
+    settings: EvalSettings,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+    use_cache: bool,
+) -> res.TaskResult:
     path = text_path(name, data)
     max_tokens = limit or 4096
     text_hash = file_hash(path)
@@ -279,7 +312,8 @@ def _fidelity(subject: Subject, name, limit, data, settings, progress, cancel, u
 
 
 def reference_for(subject: Subject, path: Path, text_hash: str, settings: EvalSettings, max_tokens: int,
-                  progress=None, cancel=None) -> fid.Reference:  # fmt: skip
+                  progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None) -> fid.Reference:  # fmt: skip
     """The baseline's reference for this text, from the disk cache or computed once and stored."""
     blob = f"{subject.baseline_key}|{text_hash}|{settings.ctx}|{settings.k}|{max_tokens}"
     cache = res.cache_dir() / "references" / f"{hashlib.sha256(blob.encode()).hexdigest()}.safetensors"

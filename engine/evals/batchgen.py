@@ -11,11 +11,14 @@ import inspect
 import threading
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from engine.errors import Cancelled
 from engine.runtime import Variant, chat_ids, detect_loop, eos_ids
+
+BatchFinish = Literal["eos", "length", "loop"]  # EOS token, max_new_tokens reached, a repeating tail
 
 
 @dataclass
@@ -23,7 +26,7 @@ class Generation:
     text: str
     token_ids: list[int]
     prompt_tokens: int
-    finish: str  # "eos" | "length" | "loop"
+    finish: BatchFinish
     looped: bool
     seconds: float  # this row's share of the batch time (batch time / rows)
     batch_seconds: float
@@ -59,7 +62,7 @@ def generate_batch(
         kwargs["logits_to_keep"] = 1
     stops = torch.tensor(sorted(eos_ids(variant)), device=device)
     out_ids: list[list[int]] = [[] for _ in range(n)]
-    finish = [""] * n
+    finish: list[BatchFinish | Literal[""]] = [""] * n  # "": still generating
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)

@@ -7,8 +7,10 @@ task names a hub file and no local file is given; offline that is one clear :cla
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
+from typing import Any
 
 from engine.errors import QtuiError
 
@@ -34,7 +36,7 @@ class DataError(QtuiError):
     """An evaluation dataset is missing, unreadable or in an unexpected schema."""
 
 
-def read_records(path: Path, prefer: str | None = None) -> list[dict]:
+def read_records(path: Path, prefer: str | None = None) -> list[dict[str, Any]]:
     """Records from a file, or from the first suitable file in a folder (``prefer`` in its name)."""
     path = Path(path).expanduser()
     if path.is_dir():
@@ -58,20 +60,22 @@ def read_records(path: Path, prefer: str | None = None) -> list[dict]:
     if isinstance(data, dict):
         for key in ("data", "rows", "records", "examples"):
             if isinstance(data.get(key), list):
-                return data[key]
+                records: list[dict[str, Any]] = data[key]
+                return records
         raise DataError(f"{path}: a JSON object without a list of records")
     return list(data)
 
 
-def _parquet(path: Path) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq
+def _parquet(path: Path) -> list[dict[str, Any]]:
+    try:  # an optional dependency (untyped, often absent): imported by name
+        pq = importlib.import_module("pyarrow.parquet")
     except ImportError as exc:
         raise DataError(
             f"{path}: reading parquet needs pyarrow (pip install pyarrow); or convert it to JSONL"
         ) from exc
     try:
-        return pq.read_table(path).to_pylist()
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
     except Exception as exc:  # pyarrow raises its own error types
         raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__})") from exc
 

@@ -76,7 +76,7 @@ def choice_letter(letters: str) -> Callable[[str], str | None]:
     leading = re.compile(rf"^\(?([{letters}])[\).:](?:\s|$)")
 
     def guess(text: str) -> str | None:
-        found = stated.findall(text)
+        found: list[str] = stated.findall(text)
         if found:
             return found[-1].upper()
         first = leading.match(text.strip())

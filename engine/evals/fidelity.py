@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.progress import ProgressFn
+
+if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): Any to it
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -50,7 +55,9 @@ class Fidelity:
         return self.ppl / self.ppl_ref if self.ppl_ref > 0 else float("nan")
 
 
-def token_windows(tokenizer, text: str, ctx: int = 512, max_tokens: int = 4096) -> list[torch.Tensor]:
+def token_windows(
+    tokenizer: PreTrainedTokenizerBase, text: str, ctx: int = 512, max_tokens: int = 4096
+) -> list[torch.Tensor]:
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0][: max_tokens + 1]
     n = (len(ids) - 1) // ctx
     if n == 0:
@@ -58,7 +65,7 @@ def token_windows(tokenizer, text: str, ctx: int = 512, max_tokens: int = 4096) 
     return [ids[i * ctx : (i + 1) * ctx + 1] for i in range(n)]
 
 
-def _logprobs(model, window: torch.Tensor) -> torch.Tensor:
+def _logprobs(model: torch.nn.Module, window: torch.Tensor) -> torch.Tensor:
     device = next(model.parameters()).device
     with torch.inference_mode():
         logits = model(input_ids=window[:-1].unsqueeze(0).to(device)).logits[0]
@@ -66,13 +73,16 @@ def _logprobs(model, window: torch.Tensor) -> torch.Tensor:
 
 
 def reference(
-    model,
+    model: torch.nn.Module,
     windows: list[torch.Tensor],
     k: int = 4096,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> Reference:
-    tops, logps, trues, argmax = [], [], [], []
+    tops: list[torch.Tensor] = []
+    logps: list[torch.Tensor] = []
+    trues: list[torch.Tensor] = []
+    argmax: list[torch.Tensor] = []
     for i, window in enumerate(windows):
         if cancel is not None and cancel.is_set():
             raise InterruptedError("cancelled")
@@ -102,9 +112,14 @@ def kld_topk(ref_ids: torch.Tensor, ref_logp: torch.Tensor, logp: torch.Tensor) 
 
 
 def compare(
-    model, ref: Reference, progress: ProgressFn | None = None, cancel: threading.Event | None = None
+    model: torch.nn.Module,
+    ref: Reference,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
 ) -> Fidelity:
-    klds, agree, nll = [], [], []
+    klds: list[torch.Tensor] = []
+    agree: list[torch.Tensor] = []
+    nll: list[torch.Tensor] = []
     offset = 0
     for i, window in enumerate(ref.token_windows):
         if cancel is not None and cancel.is_set():
@@ -130,10 +145,9 @@ def compare(
 
 
 # ------------------------------------------------------------------------------ reference cache
-def save_reference(ref: Reference, path) -> None:
+def save_reference(ref: Reference, path: Path | str) -> None:
     """Write a reference compactly (safetensors: int32 ids + f16 log-probs), atomically."""
     import os
-    from pathlib import Path
 
     from safetensors.torch import save_file
 
@@ -151,10 +165,8 @@ def save_reference(ref: Reference, path) -> None:
     os.replace(tmp, path)
 
 
-def load_reference(path) -> Reference | None:
+def load_reference(path: Path | str) -> Reference | None:
     """The reference stored at ``path``; None when missing or unreadable (it is then recomputed)."""
-    from pathlib import Path
-
     from safetensors import safe_open
 
     path = Path(path)

@@ -12,11 +12,15 @@ from __future__ import annotations
 import inspect
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.errors import Cancelled
 from engine.progress import ProgressFn
+
+if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): Any to it
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,9 @@ class Choice:
     greedy: bool  # every continuation token was the model's argmax
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, context: str, continuation: str
+) -> tuple[list[int], list[int]]:
     n_space = len(context) - len(context.rstrip())  # lm-eval moves trailing spaces into the continuation
     if n_space:
         context, continuation = context[:-n_space], context[-n_space:] + continuation
@@ -39,13 +45,13 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, whole[len(ctx) :]
 
 
-def _accepts(model, name: str) -> bool:
+def _accepts(model: torch.nn.Module, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
 
 def score_pairs(
-    model,
-    tokenizer,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     pairs: list[tuple[str, str]],
     batch_tokens: int = 4096,
     max_batch: int = 64,
@@ -57,7 +63,7 @@ def score_pairs(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     # pairs whose continuation is one token and whose context is shared (BoolQ's " no" / " yes")
     # need one forward: the logits at the context's last position score all of them
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[int | str, ...], list[int]] = {}  # (*tokens) or ("pair", index)
     targets: list[tuple[list[int], int, int]] = []  # per pair: (tokens, n_cont, n_chars)
     for idx, (ctx_text, cont_text) in enumerate(pairs):
         ctx, cont = encode_pair(tokenizer, ctx_text, cont_text)

@@ -14,7 +14,7 @@ SEED = 20240611
 COUNT = 80
 
 
-def _item(rng: random.Random, i: int) -> dict:
+def _item(rng: random.Random, i: int) -> dict[str, str]:
     kind = i % 8
     a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 12)
     if kind == 0:
@@ -37,7 +37,7 @@ def _item(rng: random.Random, i: int) -> dict:
     return {"id": f"arith-{i:03d}", "question": q, "answer": str(ans)}
 
 
-def build(seed: int = SEED, count: int = COUNT) -> list[dict]:
+def build(seed: int = SEED, count: int = COUNT) -> list[dict[str, str]]:
     rng = random.Random(seed)
     return [_item(rng, i) for i in range(count)]
 

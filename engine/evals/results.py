@@ -12,9 +12,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine import paths
 from engine.evals.stats import Proportion
+
+if TYPE_CHECKING:
+    from engine.specs import EvalMode
 
 RESULT_VERSION = 1
 
@@ -25,12 +29,12 @@ class TaskResult:
     variant_hash: str
     task: str
     task_hash: str
-    mode: str  # "loglik" | "generate" | "fidelity"
-    settings: dict
+    mode: EvalMode
+    settings: dict[str, Any]
     n: int  # items (fidelity: scored tokens)
     correct: int  # loglik: acc; generate: correct incl. fallback answers; fidelity: top-1 agreements
-    metrics: dict = field(default_factory=dict)
-    items: list[dict] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    items: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     created: str = ""
     machine: str = ""
@@ -60,19 +64,19 @@ class TaskResult:
     def degenerate(self) -> int:
         return int(self.metrics.get("degenerate", 0))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("cached")
         out["accuracy"] = self.accuracy.to_json()
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> TaskResult:
+    def from_json(cls, data: dict[str, Any]) -> TaskResult:
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "cached"}
         return cls(**fields)
 
 
-def cache_key(variant_hash: str, task_hash: str, mode: str, settings: dict) -> str:
+def cache_key(variant_hash: str, task_hash: str, mode: EvalMode, settings: dict[str, Any]) -> str:
     blob = json.dumps([RESULT_VERSION, variant_hash, task_hash, mode, settings], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

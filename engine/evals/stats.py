@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 Z95 = 1.959963984540054
 
@@ -47,7 +48,7 @@ class Proportion:
             return f"{100 * self.value:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}] n={self.n}"
         return f"{self.value:.3f} [{lo:.3f}-{hi:.3f}] n={self.n}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         lo, hi = self.interval
         return {"k": self.k, "n": self.n, "value": self.value if self.n else None, "ci95": [lo, hi]}
 

@@ -13,9 +13,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine.evals import extract as ex
 from engine.evals.data import ASSETS, SHARED_SAMPLES, DataError, file_hash, hub_file, read_records
+
+if TYPE_CHECKING:
+    from engine.specs import EvalMode
 
 PROMPT_VERSION = "1"  # bump when prompts or scoring change: cached results are then not reused
 LETTERS = "ABCDEFGH"
@@ -43,13 +47,14 @@ class Score:
 
 
 Scorer = Callable[[Item, str], Score]
+Record = dict[str, Any]  # one dataset example, in its Hugging Face schema
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
     title: str
-    parse: Callable[[dict, int], Item]
+    parse: Callable[[Record, int], Item]
     scorer: Scorer
     gen_prompt: Callable[[Item], str]
     loglik: Callable[[Item], tuple[str, list[str]]] | None = None  # (context, continuations)
@@ -59,8 +64,9 @@ class Task:
     metrics: tuple[str, ...] = field(default=("accuracy",))
 
     @property
-    def modes(self) -> tuple[str, ...]:
-        return (("loglik",) if self.loglik else ()) + ("generate",)
+    def modes(self) -> tuple[EvalMode, ...]:
+        loglik: tuple[EvalMode, ...] = ("loglik",) if self.loglik else ()
+        return loglik + ("generate",)
 
     def data_path(self, path: Path | str | None = None) -> Path:
         if path is not None:
@@ -96,7 +102,9 @@ class Task:
 
 def _first_file(folder: Path, prefer: str | None) -> Path:
     files = sorted(p for p in folder.rglob("*") if p.suffix in (".jsonl", ".json", ".parquet"))
-    files = sorted(files, key=lambda p: (bool(prefer) and prefer not in p.name, "test" not in p.name, p.name))
+    files = sorted(
+        files, key=lambda p: (prefer is not None and prefer not in p.name, "test" not in p.name, p.name)
+    )
     return files[0]
 
 
@@ -195,42 +203,42 @@ def boolq_loglik(item: Item) -> tuple[str, list[str]]:
 
 
 # ------------------------------------------------------------------------------ parsers
-def parse_arc(r: dict, i: int) -> Item:
+def parse_arc(r: Record, i: int) -> Item:
     labels = [str(x) for x in r["choices"]["label"]]
     return Item(
         str(r.get("id", i)), r["question"], tuple(r["choices"]["text"]), labels.index(str(r["answerKey"]))
     )
 
 
-def parse_boolq(r: dict, i: int) -> Item:
+def parse_boolq(r: Record, i: int) -> Item:
     return Item(
         str(r.get("id", i)), r["question"], ("no", "yes"), int(bool(r["answer"])), passage=r["passage"]
     )
 
 
-def parse_piqa(r: dict, i: int) -> Item:
+def parse_piqa(r: Record, i: int) -> Item:
     return Item(str(r.get("id", i)), r["goal"], (r["sol1"], r["sol2"]), int(r["label"]))
 
 
-def parse_gsm8k(r: dict, i: int) -> Item:
+def parse_gsm8k(r: Record, i: int) -> Item:
     answer = str(r["answer"]).split("####")[-1].strip().replace(",", "")
     return Item(str(r.get("id", i)), r["question"], answers=(answer,))
 
 
-def parse_openmath(r: dict, i: int) -> Item:
+def parse_openmath(r: Record, i: int) -> Item:
     return Item(str(r.get("id", i)), r["problem"], answers=(str(r["expected_answer"]),))
 
 
-def parse_squad(r: dict, i: int) -> Item:
+def parse_squad(r: Record, i: int) -> Item:
     answers = r["answers"]["text"] if isinstance(r["answers"], dict) else r["answers"]
     return Item(str(r.get("id", i)), r["question"], answers=tuple(answers), passage=r["context"])
 
 
-def parse_choice_list(r: dict, i: int) -> Item:  # built-in knowledge suite
+def parse_choice_list(r: Record, i: int) -> Item:  # built-in knowledge suite
     return Item(str(r.get("id", i)), r["question"], tuple(r["choices"]), int(r["answer"]))
 
 
-def parse_plain_numeric(r: dict, i: int) -> Item:  # built-in arithmetic suite
+def parse_plain_numeric(r: Record, i: int) -> Item:  # built-in arithmetic suite
     return Item(str(r.get("id", i)), r["question"], answers=(str(r["answer"]),))
 
 
