@@ -16,6 +16,10 @@ from dataclasses import dataclass
 ProgressFn = Callable[[int, int, str], None]
 
 
+def no_progress(done: int, total: int, text: str) -> None:
+    """A :data:`ProgressFn` that reports nothing (for callees that need one when a caller has none)."""
+
+
 @dataclass(frozen=True)
 class Progress:
     done: int

@@ -7,6 +7,10 @@ shape that runs the same code paths in seconds (tests, CPU dry runs).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import Qwen3Config
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,7 @@ class Qwen3Shape:
     vocab_size: int
     tie_word_embeddings: bool
 
-    def config(self, **overrides):
+    def config(self, **overrides: object) -> Qwen3Config:
         """A ``transformers.Qwen3Config`` of this shape; ``overrides`` win (e.g. fewer layers)."""
         from transformers import Qwen3Config
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from engine.quant.formats import FormatSpec
 from engine.quant.pipeline import QuantOptions, targets
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def _meta_model(folder: Path):
-    import torch
+
+def _meta_model(folder: Path) -> PreTrainedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder)
@@ -23,7 +28,9 @@ def estimate_bytes(folder: Path, fmt: FormatSpec, options: QuantOptions = QuantO
     """Bytes of weights a variant of the model in ``folder`` takes on disk (tensors only)."""
     model = _meta_model(folder)
     seen: set[int] = set()
-    quantized = {} if fmt.is_float else {id(m.weight): m.weight.shape for _, m in targets(model, options)}
+    quantized: dict[int, tuple[int, int]] = {}  # id(weight) -> (out, in) of each weight to quantize
+    if not fmt.is_float:
+        quantized = {id(m.weight): (m.weight.shape[0], m.weight.shape[1]) for _, m in targets(model, options)}
     head = model.get_output_embeddings()
     total = 0
     if getattr(model.config, "tie_word_embeddings", False) and head is not None:
@@ -33,7 +40,7 @@ def estimate_bytes(folder: Path, fmt: FormatSpec, options: QuantOptions = QuantO
         emb = model.get_input_embeddings().weight
         seen.update((id(emb), id(head.weight)))
 
-        def size(w, quantize: bool) -> int:
+        def size(w: torch.Tensor, quantize: bool) -> int:
             return fmt.storage_bytes((w.shape[0], w.shape[1])) if quantize else w.numel() * 2
 
         total += size(emb, not fmt.is_float and options.quantize_embeddings)

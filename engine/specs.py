@@ -87,4 +87,4 @@ def parse_task_mode(text: str, default: EvalMode = "loglik") -> tuple[str, EvalM
     mode = mode.strip() or default
     if mode not in EVAL_MODES:
         raise QtuiError(f"{text!r}: unknown mode {mode!r} (use {', '.join(EVAL_MODES)})")
-    return task.strip(), typing.cast(EvalMode, mode)
+    return task.strip(), mode  # narrowed to EvalMode by the check above

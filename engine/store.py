@@ -16,8 +16,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from torch import nn
@@ -29,7 +31,10 @@ from engine.manifest import Manifest
 from engine.progress import ProgressFn
 from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 from engine.quant.layers import QEmbedding, QLinear
-from engine.quant.plan import QuantOptions, QuantReport, quantized_modules, set_module
+from engine.quant.plan import LayerReport, QuantOptions, QuantReport, hf_model, quantized_modules, set_module
+
+if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): Any to it
+    from transformers import PreTrainedTokenizerBase
 
 MANIFEST = paths.MANIFEST
 WEIGHTS = "model.safetensors"
@@ -57,12 +62,24 @@ def default_variant_dir(
     return paths.variants_dir() / source_slug / variant_name(fmt, method, options)
 
 
-def _state_to_save(model: nn.Module, fmt: FormatSpec) -> tuple[dict[str, torch.Tensor], dict]:
+class TensorEntry(TypedDict):
+    """The manifest's description of one stored tensor."""
+
+    format: str  # a format name, or a float name of FLOAT_NAMES
+    shape: list[int]
+
+
+class Described(TypedDict):
+    tensors: dict[str, TensorEntry]  # tensor name -> its description
+    tied: dict[str, str]  # a tied tensor's name -> the stored tensor it shares
+
+
+def _state_to_save(model: nn.Module, fmt: FormatSpec) -> tuple[dict[str, torch.Tensor], Described]:
     """Every tensor to write, plus the manifest's per-tensor description."""
     base_dtype = fmt.torch_dtype
     qmods = quantized_modules(model)
     tensors: dict[str, torch.Tensor] = {}
-    described: dict[str, dict] = {}
+    described: dict[str, TensorEntry] = {}
     for name, module in qmods.items():
         if module.qw is None:
             raise StoreError(f"{name}: quantized weight was released; save before preparing kernels")
@@ -96,11 +113,11 @@ class SaveInfo:
 
 def save_variant(
     model: nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     dest: Path,
     fmt: FormatSpec,
     method: str,
-    source: dict,
+    source: Mapping[str, object],
     report: QuantReport | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
@@ -116,7 +133,7 @@ def save_variant(
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
         tensors, described = _state_to_save(model, fmt)
-        hashes = {}
+        hashes: dict[str, str] = {}
         for i, (key, t) in enumerate(tensors.items()):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("save cancelled")
@@ -126,7 +143,7 @@ def save_variant(
         if progress:
             progress(len(tensors), len(tensors) + 2, f"writing {WEIGHTS}")
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "qtui": fmt.name})
-        model.config.save_pretrained(tmp)
+        hf_model(model).config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         manifest = _manifest(model, fmt, method, source, report, described, hashes, tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -147,13 +164,22 @@ def save_variant(
     return SaveInfo(dest, Manifest.from_dict(manifest, dest / MANIFEST), report)
 
 
-def _manifest(model, fmt, method, source, report, described, hashes, folder: Path) -> dict:
+def _manifest(
+    model: nn.Module,
+    fmt: FormatSpec,
+    method: str,
+    source: Mapping[str, object],
+    report: QuantReport | None,
+    described: Described,
+    hashes: dict[str, str],
+    folder: Path,
+) -> dict[str, object]:
     qparams = sum(
         m.qw.shape[0] * m.qw.shape[1] for m in quantized_modules(model).values() if m.qw is not None
     )
     qbytes = sum(m.qw.nbytes for m in quantized_modules(model).values() if m.qw is not None)
     total_params = sum(int(torch.tensor(d["shape"]).prod()) for d in described["tensors"].values())
-    files = {}
+    files: dict[str, dict[str, int]] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file():
             files[p.name] = {"bytes": p.stat().st_size}
@@ -162,7 +188,7 @@ def _manifest(model, fmt, method, source, report, described, hashes, folder: Pat
         "engine_version": engine.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": source,
-        "model_type": model.config.model_type,
+        "model_type": hf_model(model).config.model_type,
         "format": {
             "name": fmt.name,
             "family": fmt.family,
@@ -208,9 +234,13 @@ def _finite(x: float | None, digits: int) -> float | None:
     return round(x, digits) if x is not None and x == x and abs(x) != float("inf") else None
 
 
-def _layer_entry(r) -> dict:
+def _layer_entry(r: LayerReport) -> dict[str, object]:
     """Per-Linear diagnostics: weight error and SQNR, and (calibrated) relative output error."""
-    entry = {"name": r.name, "rel_error": _finite(r.weight_rel_error, 6), "sqnr_db": _finite(r.sqnr_db, 3)}
+    entry: dict[str, object] = {
+        "name": r.name,
+        "rel_error": _finite(r.weight_rel_error, 6),
+        "sqnr_db": _finite(r.sqnr_db, 3),
+    }
     if getattr(r, "out_rel_error", None) is not None:
         entry["out_rel_error"] = _finite(r.out_rel_error, 6)
     entry["format"] = r.fmt
@@ -266,7 +296,7 @@ def load_tensors(folder: Path, manifest: Manifest, verify: bool = True) -> dict[
     folder = Path(folder)
     verify_files(folder, manifest)
     try:
-        tensors = load_file(folder / WEIGHTS)
+        tensors: dict[str, torch.Tensor] = load_file(folder / WEIGHTS)
     except Exception as exc:
         raise StoreError(f"{folder / WEIGHTS} cannot be read (corrupt?): {exc}") from exc
     expected = manifest.tensor_sha256
@@ -300,7 +330,7 @@ def build_model(folder: Path, manifest: Manifest, tensors: dict[str, torch.Tenso
     # a skeleton without memory; torch's device context is thread-local, unlike accelerate's
     # init_empty_weights, which patches nn.Module for every thread (the app loads in workers)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=fmt.torch_dtype)
+        model: nn.Module = AutoModelForCausalLM.from_config(config, dtype=fmt.torch_dtype)
     state = dict(tensors)
     for key, desc in manifest.tensors.items():
         if desc["format"] in FLOAT_NAMES.values():
@@ -323,7 +353,7 @@ def build_model(folder: Path, manifest: Manifest, tensors: dict[str, torch.Tenso
             f"{folder}: tensors do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     if manifest.tied:
-        model.tie_weights()
+        hf_model(model).tie_weights()
     _rebuild_meta_buffers(model, folder)
     return model.eval()
 
@@ -347,7 +377,7 @@ def _rebuild_meta_buffers(model: nn.Module, folder: Path) -> None:
 def list_variants(root: Path | None = None) -> list[tuple[Path, Manifest]]:
     """Every saved variant under ``root`` (default: the data folder) with its manifest."""
     root = Path(root) if root else paths.variants_dir()
-    found = []
+    found: list[tuple[Path, Manifest]] = []
     if not root.exists():
         return found
     for manifest_path in sorted(root.glob(f"*/*/{MANIFEST}")):

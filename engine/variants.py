@@ -13,10 +13,11 @@ import copy
 import threading
 
 import torch
+from torch import nn
 
 from engine import sources, store
 from engine.errors import Cancelled, QtuiError
-from engine.progress import ProgressFn
+from engine.progress import ProgressFn, no_progress
 from engine.quant.calibration import CalibrationSpec
 from engine.quant.calibration import build as build_calibration
 from engine.quant.formats import get_format
@@ -40,7 +41,7 @@ def quantize_and_save(
     set); giving one makes any method run block by block and record per-Linear output errors.
     """
     if loaded is None:
-        loaded = sources.load(request.source, progress=progress, cancel=cancel)
+        loaded = sources.load(request.source, progress=progress or no_progress, cancel=cancel)
     fmt, meth, options = request.fmt, request.method, request.options
     calib = None
     if not fmt.is_float and (
@@ -80,10 +81,10 @@ def quantize_and_save(
 
 def open_spec(
     spec: ModelSpec | str,
-    device=None,
+    device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
-    loaded_cache: dict | None = None,
+    loaded_cache: dict[str, sources.LoadedSource] | None = None,
 ) -> Variant:
     """Load what ``spec`` names, quantizing and saving it first when needed."""
     if isinstance(spec, str):
@@ -104,17 +105,22 @@ def open_spec(
     return load_variant(folder, device)
 
 
-def _load_source(source, progress, cancel, cache: dict | None) -> sources.LoadedSource:
+def _load_source(
+    source: sources.ModelSource,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+    cache: dict[str, sources.LoadedSource] | None,
+) -> sources.LoadedSource:
     key = source.ref
     if cache is not None and key in cache:
         return cache[key]
-    loaded = sources.load(source, progress=progress, cancel=cancel)
+    loaded = sources.load(source, progress=progress or no_progress, cancel=cancel)
     if cache is not None:
         cache[key] = loaded
     return loaded
 
 
-def _copy_model(model, dtype):
+def _copy_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(model).to(dtype)
 
 

@@ -19,11 +19,14 @@ from __future__ import annotations
 import heapq
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any, NoReturn, cast
 
 import torch
 from torch import nn
 
 from engine.errors import Cancelled
+from engine.progress import ProgressFn
 from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 from engine.quant.layers import QLinear
 from engine.quant.methods import LinearStats, MethodConfig, MethodSpec
@@ -38,6 +41,10 @@ from engine.quant.plan import (
 )
 
 _DROP = ("past_key_values", "past_key_value", "cache", "use_cache", "output_attentions")
+# what a decoder block is called with: (hidden states, the keyword arguments transformers passes)
+BlockInput = tuple[torch.Tensor, dict[str, Any]]
+# the kept sensitive Linears: (output error, qualified name, float weight on the CPU, report index)
+Kept = tuple[float, str, torch.Tensor, int]
 
 
 class _Stop(Exception):
@@ -45,20 +52,20 @@ class _Stop(Exception):
 
 
 class _Catcher(nn.Module):
-    def __init__(self, inner: nn.Module, store: list):
+    def __init__(self, inner: nn.Module, store: list[BlockInput]):
         super().__init__()
         self.inner = inner
         self.store = store
         self.attention_type = getattr(inner, "attention_type", "full_attention")
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> NoReturn:
         hidden = args[0] if args else kwargs.pop("hidden_states")
         kw = {k: v for k, v in kwargs.items() if k not in _DROP}
         self.store.append((hidden.detach(), kw))
         raise _Stop
 
 
-def _cast(obj, device, dtype=torch.float32):
+def _cast(obj: object, device: torch.device | str, dtype: torch.dtype = torch.float32) -> object:
     if isinstance(obj, torch.Tensor):
         return obj.to(device=device, dtype=dtype) if obj.is_floating_point() else obj.to(device)
     if isinstance(obj, tuple):
@@ -69,12 +76,14 @@ def _cast(obj, device, dtype=torch.float32):
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int, device) -> list[tuple]:
+def capture_inputs(
+    model: nn.Module, ids: torch.Tensor, batch_size: int, device: torch.device | str
+) -> list[BlockInput]:
     """(hidden states, kwargs) that the first decoder block receives, one pair per batch."""
     layers = decoder_layers(model)
     inner = getattr(model, "model", model)
     first = layers[0]
-    captured: list = []
+    captured: list[BlockInput] = []
     layers[0] = _Catcher(first, captured)
     small = [m for m in (getattr(inner, "embed_tokens", None), getattr(inner, "rotary_emb", None)) if m]
     for m in small:
@@ -89,12 +98,14 @@ def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int, device)
         layers[0] = first
         for m in small:
             m.to("cpu")
-    return [(h.to(device, torch.float32), _cast(kw, device)) for h, kw in captured]
+    return [(h.to(device, torch.float32), {k: _cast(v, device) for k, v in kw.items()}) for h, kw in captured]
 
 
-def _jobs(linears: list[tuple[str, nn.Module]], stats: dict) -> list[list[tuple[str, nn.Module]]]:
+def _jobs(
+    linears: list[tuple[str, nn.Linear]], stats: Mapping[str, LinearStats]
+) -> list[list[tuple[str, nn.Linear]]]:
     """Linears grouped by the input they read (same stats object), in forward order."""
-    jobs: dict[int, list] = {}
+    jobs: dict[int, list[tuple[str, nn.Linear]]] = {}
     for name, module in linears:
         st = stats.get(name)
         key = id(st) if st is not None else id(module)
@@ -111,12 +122,12 @@ def _rows(qw: QuantizedWeight, start: int, count: int) -> QuantizedWeight:
     )
 
 
-def _hidden(out):
+def _hidden(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
 @torch.no_grad()
-def collect_stats(block: nn.Module, inputs: list[tuple], sample_tokens: int) -> dict[str, LinearStats]:
+def collect_stats(block: nn.Module, inputs: list[BlockInput], sample_tokens: int) -> dict[str, LinearStats]:
     """Run ``block`` over ``inputs`` and return {linear name: stats of its input} (shared objects)."""
     stats: dict[str, LinearStats] = {}
     # inputs seen in this forward, by address: Linears reading one tensor (q/k/v, gate/up) share
@@ -124,7 +135,7 @@ def collect_stats(block: nn.Module, inputs: list[tuple], sample_tokens: int) -> 
     # later Linear's input of the same shape (o_proj's, say), which would then be taken for a
     # shared input and get the wrong statistics, depending on the allocator (found as run-to-run
     # differences of GPTQ/AWQ results).
-    seen: dict[tuple, tuple[LinearStats, torch.Tensor]] = {}
+    seen: dict[tuple[int, tuple[int, ...]], tuple[LinearStats, torch.Tensor]] = {}
     per_batch = -(-sample_tokens // max(len(inputs), 1))
 
     def record(name: str, x: torch.Tensor) -> None:
@@ -161,15 +172,15 @@ def quantize_blocks(
     options: QuantOptions,
     report: QuantReport,
     ids: torch.Tensor,
-    progress=None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
-    device=None,
+    device: torch.device | str | None = None,
 ) -> None:
     device = torch.device(device or "cpu")
     layers = decoder_layers(model)
     total = sum(isinstance(m, nn.Linear) for b in layers for m in b.modules())
     inputs = capture_inputs(model, ids, options.batch_size, device)
-    kept: list[tuple[float, str, torch.Tensor, int]] = []  # min-heap of the most sensitive so far
+    kept: list[Kept] = []  # min-heap of the most sensitive so far
     done = 0
     for b, block in enumerate(layers):
         dtype = next(block.parameters()).dtype
@@ -225,9 +236,9 @@ def quantize_blocks(
         progress(total, total, "blocks done")
 
 
-def _keep_sensitive(model: nn.Module, kept: list, options: QuantOptions, report: QuantReport) -> None:
+def _keep_sensitive(model: nn.Module, kept: list[Kept], options: QuantOptions, report: QuantReport) -> None:
     for out, name, w, index in sorted(kept, reverse=True):
-        old = model.get_submodule(name)
+        old = cast(QLinear, model.get_submodule(name))  # quantized by quantize_blocks
         bias = old.bias
         if options.sensitive_bits >= 16:
             dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype

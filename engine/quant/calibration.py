@@ -19,11 +19,15 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.errors import QtuiError
 from engine.typed import option
+
+if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): Any to it
+    from transformers import PreTrainedTokenizerBase
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "calibration"
 BUILTIN = "builtin"
@@ -48,7 +52,7 @@ class Calibration:
     documents: int
     sha256: str
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         return {
             "source": self.spec.source,
             "samples": int(self.ids.shape[0]),
@@ -60,14 +64,15 @@ class Calibration:
         }
 
 
-def _chat_text(tokenizer, messages: list[dict]) -> str:
+def _chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> str:
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False)
+        text: str = tokenizer.apply_chat_template(messages, tokenize=False)
+        return text
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def _jsonl_documents(path: Path, tokenizer) -> list[str]:
-    docs = []
+def _jsonl_documents(path: Path, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    docs: list[str] = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -94,7 +99,7 @@ def _txt_documents(path: Path) -> list[str]:
     return [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40]
 
 
-def documents(source: str, tokenizer) -> list[str]:
+def documents(source: str, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The texts of a calibration source, chat ones already rendered with the chat template."""
     if source == BUILTIN:
         return _jsonl_documents(ASSETS / "chat.jsonl", tokenizer) + _txt_documents(ASSETS / "prose.txt")
@@ -106,7 +111,7 @@ def documents(source: str, tokenizer) -> list[str]:
     return _txt_documents(path)
 
 
-def build(spec: CalibrationSpec, tokenizer) -> Calibration:
+def build(spec: CalibrationSpec, tokenizer: PreTrainedTokenizerBase) -> Calibration:
     """Tokenize ``spec``'s source into ``[samples, seq_len]`` windows (interleaving the documents)."""
     if spec.samples < 1 or spec.seq_len < 8:
         raise CalibrationError("calibration needs at least 1 sample of at least 8 tokens")

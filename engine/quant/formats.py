@@ -70,8 +70,8 @@ class QuantizedWeight:
 
     def to(self, device: torch.device | str) -> QuantizedWeight:
         """The same weight with its tensors on ``device``."""
-        moved = (t.to(device) if t is not None else None for t in (self.qweight, self.scales, self.qzeros))
-        return QuantizedWeight(self.fmt, self.shape, *moved)
+        qzeros = self.qzeros.to(device) if self.qzeros is not None else None
+        return QuantizedWeight(self.fmt, self.shape, self.qweight.to(device), self.scales.to(device), qzeros)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class FormatSpec:
 
     # ---------------------------------------------------------------- round to nearest
     def quantize(
-        self, weight: torch.Tensor, scales: torch.Tensor | None = None, zeros=None
+        self, weight: torch.Tensor, scales: torch.Tensor | None = None, zeros: torch.Tensor | None = None
     ) -> QuantizedWeight:
         """Round-to-nearest quantization of ``weight`` ``[out, in]``.
 
@@ -284,7 +284,7 @@ def _w8a8(group: int | None, symmetric: bool) -> FormatSpec:
     )
 
 
-def _float_zero(bits: int):
+def _float_zero(bits: int) -> Callable[[int | None, bool], FormatSpec]:
     """int4fz / int2fz: asymmetric with an f16 zero per group (HQQ's solution kept exactly)."""
 
     def build(group: int | None, symmetric: bool) -> FormatSpec:

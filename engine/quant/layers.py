@@ -301,6 +301,8 @@ class QLinear(nn.Module):
     and the store saves it (float32) with the layer.
     """
 
+    input_transform: torch.Tensor | None  # a registered buffer (saved with the layer)
+
     def __init__(
         self, qw: QuantizedWeight, bias: torch.Tensor | None, input_transform: torch.Tensor | None = None
     ):
@@ -321,24 +323,27 @@ class QLinear(nn.Module):
 
     def prepare(
         self,
-        device,
-        dtype=torch.bfloat16,
+        device: torch.device | str,
+        dtype: torch.dtype = torch.bfloat16,
         backend: str | None = None,
         probe: bool = True,
         release: bool = False,
     ) -> Backend:
         """Lay the weight out for a backend on ``device``; ``release`` drops the stored form."""
         device = torch.device(device)
+        qw = self.qw
+        if qw is None:
+            raise RuntimeError("cannot prepare again: the quantized weight was released (release=True)")
         chosen = pick_backend(self.fmt, device, dtype) if backend is None else BACKENDS[backend]
         try:
-            self._buffers_k = chosen.prepare(self.qw, device, dtype)
+            self._buffers_k = chosen.prepare(qw, device, dtype)
         except RuntimeError:
             # a kernel can reject one layer's shape (CPU int4pack needs out_features % 16 == 0);
             # an automatic choice then falls back to dense, which the backend label reports
             if backend is not None:
                 raise
             chosen = BACKENDS["dense"]
-            self._buffers_k = chosen.prepare(self.qw, device, dtype)
+            self._buffers_k = chosen.prepare(qw, device, dtype)
         self.backend = chosen
         if self.bias is not None:
             self.bias.data = self.bias.data.to(device=device, dtype=dtype)
@@ -354,11 +359,12 @@ class QLinear(nn.Module):
         return sum(t.numel() * t.element_size() for t in self._buffers_k.values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend is None:
-            self.prepare(x.device, x.dtype if x.dtype != torch.float32 else torch.bfloat16)
+        backend = self.backend
+        if backend is None:
+            backend = self.prepare(x.device, x.dtype if x.dtype != torch.float32 else torch.bfloat16)
         if self.input_transform is not None:
             x = x @ self.input_transform.to(device=x.device, dtype=x.dtype)
-        y = self.backend.forward(x, self._buffers_k, self)
+        y = backend.forward(x, self._buffers_k, self)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y
@@ -377,7 +383,7 @@ class QEmbedding(nn.Module):
         self.padding_idx = padding_idx
         self.dtype = torch.bfloat16
 
-    def prepare(self, device, dtype=torch.bfloat16, **_) -> None:
+    def prepare(self, device: torch.device | str, dtype: torch.dtype = torch.bfloat16, **_: object) -> None:
         qw = self.qw
         self.qw = QuantizedWeight(
             qw.fmt,

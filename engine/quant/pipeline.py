@@ -20,17 +20,33 @@ from engine.quant.calibration import Calibration
 from engine.quant.formats import FormatSpec
 from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.methods import MethodConfig, MethodSpec
-from engine.quant.plan import (  # noqa: F401  (the pipeline's public names, re-exported)
+from engine.quant.plan import (
     LayerReport,
     QuantOptions,
     QuantReport,
     decoder_layers,
+    hf_model,
     input_transform_of,
     quantized_modules,
     set_module,
     targets,
     weight_errors,
 )
+
+# the pipeline's public names (plan's re-exported)
+__all__ = [
+    "LayerReport",
+    "QuantOptions",
+    "QuantReport",
+    "decoder_layers",
+    "input_transform_of",
+    "prepare_model",
+    "quantize_model",
+    "quantized_modules",
+    "set_module",
+    "targets",
+    "weight_errors",
+]
 
 
 def quantize_model(
@@ -60,9 +76,9 @@ def quantize_model(
         raise QtuiError(f"{method.name} needs calibration data (and so does --keep-sensitive)")
     dev = torch.device(device or "cpu")
     report = QuantReport(fmt, method, cfg, options, device=str(dev))
-    if options.quantize_embeddings and model.config.tie_word_embeddings:
-        model.config.tie_word_embeddings = False  # the head keeps its own (16-bit) copy
-        head = model.get_output_embeddings()
+    if options.quantize_embeddings and hf_model(model).config.tie_word_embeddings:
+        hf_model(model).config.tie_word_embeddings = False  # the head keeps its own (16-bit) copy
+        head = hf_model(model).get_output_embeddings()
         head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
     start = time.perf_counter()
     if method.prepare_model is not None:
@@ -98,7 +114,11 @@ def quantize_model(
 
 
 def prepare_model(
-    model: nn.Module, device="cpu", dtype=torch.bfloat16, backend: str | None = None, release: bool = True
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    backend: str | None = None,
+    release: bool = True,
 ) -> dict[str, int]:
     """Move ``model`` to ``device``/``dtype`` and lay out every quantized layer for its kernel.
 

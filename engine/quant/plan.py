@@ -7,6 +7,7 @@ block) and by the store and size estimates; it imports neither driver, so neithe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast, overload
 
 import torch
 from torch import nn
@@ -14,6 +15,9 @@ from torch import nn
 from engine.quant.formats import FormatSpec
 from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.methods import MethodConfig, MethodSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -46,23 +50,29 @@ class QuantReport:
     device: str = "cpu"  # where the weights were quantized
     seconds: float = 0.0
     layers: list[LayerReport] = field(default_factory=list)
-    calibration: dict | None = None  # Calibration.describe() when calibrated
+    calibration: dict[str, object] | None = None  # Calibration.describe() when calibrated
     kept: list[str] = field(default_factory=list)  # Linears kept at sensitive_bits (mixed precision)
-    block_info: list[dict] = field(default_factory=list)  # what prepare_block chose, per block
+    block_info: list[dict[str, object]] = field(default_factory=list)  # what prepare_block chose, per block
+
+
+def hf_model(model: nn.Module) -> PreTrainedModel:
+    """``model`` as the transformers model it is, for what transformers adds to ``nn.Module``
+    (``config``, ``get_output_embeddings()``, ...); transformers is not type-checked here."""
+    return cast("PreTrainedModel", model)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     inner = getattr(model, "model", model)
-    layers = getattr(inner, "layers", None)
+    layers: nn.ModuleList | None = getattr(inner, "layers", None)
     if layers is None:
         raise ValueError(f"{type(model).__name__} has no model.layers; unsupported layout")
     return layers
 
 
-def targets(model: nn.Module, options: QuantOptions) -> list[tuple[str, nn.Module]]:
+def targets(model: nn.Module, options: QuantOptions) -> list[tuple[str, nn.Linear | nn.Embedding]]:
     """(qualified name, module) of everything to quantize, in forward order."""
-    out: list[tuple[str, nn.Module]] = []
-    inner = getattr(model, "model", model)
+    out: list[tuple[str, nn.Linear | nn.Embedding]] = []
+    inner = hf_model(getattr(model, "model", model))
     if options.quantize_embeddings:
         out.append(("model.embed_tokens", inner.embed_tokens))
     for i, block in enumerate(decoder_layers(model)):
@@ -70,7 +80,7 @@ def targets(model: nn.Module, options: QuantOptions) -> list[tuple[str, nn.Modul
             if isinstance(module, nn.Linear):
                 out.append((f"model.layers.{i}.{name}", module))
     if options.quantize_head:
-        out.append(("lm_head", model.get_output_embeddings()))
+        out.append(("lm_head", hf_model(model).get_output_embeddings()))
     return out
 
 
@@ -78,6 +88,12 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+
+
+@overload
+def weight_errors(w: torch.Tensor, wq: torch.Tensor, x: torch.Tensor) -> tuple[float, float, float]: ...
+@overload
+def weight_errors(w: torch.Tensor, wq: torch.Tensor, x: None = None) -> tuple[float, float, None]: ...
 
 
 def weight_errors(

@@ -35,8 +35,9 @@ from engine.quant.formats import FormatSpec, QuantizedWeight
 class LinearStats:
     """Statistics of one Linear input over the calibration tokens (shared by Linears on one input)."""
 
-    def __init__(self, in_features: int, device, sample_tokens: int = 512):
-        self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+    def __init__(self, in_features: int, device: torch.device | str, sample_tokens: int = 512):
+        H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.H: torch.Tensor | None = H  # None once take_hessian has handed the accumulator over
         self.absmax = torch.zeros(in_features, dtype=torch.float32, device=device)
         self.abssum = torch.zeros(in_features, dtype=torch.float32, device=device)
         self.n = 0
@@ -46,7 +47,7 @@ class LinearStats:
 
     def add(self, x: torch.Tensor, per_batch_sample: int) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
-        self.H.addmm_(x.t(), x)
+        self._accumulator().addmm_(x.t(), x)
         self.absmax = torch.maximum(self.absmax, x.abs().amax(dim=0))
         self.abssum += x.abs().sum(dim=0)
         self.n += x.shape[0]
@@ -65,17 +66,22 @@ class LinearStats:
 
     def hessian(self) -> torch.Tensor:
         """GPTQ's ``H = 2 X^T X / n`` (float32 ``[in, in]``)."""
-        return self.H * (2.0 / max(self.n, 1))
+        return self._accumulator() * (2.0 / max(self.n, 1))
 
     def take_hessian(self) -> torch.Tensor:
         """:meth:`hessian` without a copy: the accumulator is handed over (the stats lose it)."""
-        H, self.H = self.H, None
+        H, self.H = self._accumulator(), None
         return H.mul_(2.0 / max(self.n, 1))
+
+    def _accumulator(self) -> torch.Tensor:
+        if self.H is None:
+            raise RuntimeError(f"{', '.join(self.names)}: the Hessian was already taken (take_hessian)")
+        return self.H
 
     def scale_inputs(self, s: torch.Tensor) -> None:
         """The input was divided by ``s`` per channel (a scale folded into the layer before)."""
         inv = 1.0 / s.float()
-        self.H *= inv.unsqueeze(0) * inv.unsqueeze(1)
+        self._accumulator().mul_(inv.unsqueeze(0) * inv.unsqueeze(1))
         self.absmax *= inv
         self.abssum *= inv
         self._sample = [t * inv for t in self._sample]
@@ -102,11 +108,11 @@ QuantizeWeight = Callable[[torch.Tensor, FormatSpec, Any], QuantizedWeight]
 # (weight, stats of its input or None, format, config) -> QuantizedWeight
 QuantizeLinear = Callable[[torch.Tensor, "LinearStats | None", FormatSpec, Any], QuantizedWeight]
 # (block, {linear name in block: stats}, format, config) -> what it chose (for the report)
-PrepareBlock = Callable[[nn.Module, dict, FormatSpec, Any], dict]
+PrepareBlock = Callable[[nn.Module, dict[str, LinearStats], FormatSpec, Any], dict[str, object]]
 # (model, format, config) -> what it did (for the report); runs once before any block
-PrepareModel = Callable[[nn.Module, FormatSpec, Any], dict]
+PrepareModel = Callable[[nn.Module, FormatSpec, Any], dict[str, object]]
 # (model, format, config) -> what it did; runs once after every block is quantized
-FinalizeModel = Callable[[nn.Module, FormatSpec, Any], dict]
+FinalizeModel = Callable[[nn.Module, FormatSpec, Any], dict[str, object]]
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,9 @@ class MethodSpec:
         calib = "calibrated" if self.needs_calibration else "no calibration"
         return f"{self.name} ({calib}): {shown or 'no parameters'}"
 
-    def linear(self, weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, cfg: MethodConfig):
+    def linear(
+        self, weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, cfg: MethodConfig
+    ) -> QuantizedWeight:
         if self.quantize_linear is not None:
             return self.quantize_linear(weight, stats, fmt, cfg)
         return self.quantize_weight(weight, fmt, cfg)

@@ -21,6 +21,7 @@ Scale groups of the Llama / Qwen2 / Qwen3 decoder block (missing modules are ski
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -43,6 +44,8 @@ SCALE_GROUPS = (
     ScaleGroup("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
     ScaleGroup("mlp.up_proj", ("mlp.down_proj",)),
 )
+# how a scale is shared under grouped-query attention: (n_rep, head_dim), or None (not shared)
+Tying = tuple[int, int] | None
 
 
 def _get(block: nn.Module, name: str) -> nn.Module | None:
@@ -53,7 +56,7 @@ def _get(block: nn.Module, name: str) -> nn.Module | None:
 
 
 def present_groups(block: nn.Module, stats: dict[str, LinearStats]) -> list[tuple[ScaleGroup, nn.Module]]:
-    out = []
+    out: list[tuple[ScaleGroup, nn.Module]] = []
     for group in SCALE_GROUPS:
         prev = _get(block, group.prev)
         if prev is None or any(_get(block, n) is None or n not in stats for n in group.linears):
@@ -64,7 +67,7 @@ def present_groups(block: nn.Module, stats: dict[str, LinearStats]) -> list[tupl
     return out
 
 
-def head_tying(prev: nn.Module, in_features: int, block: nn.Module):
+def head_tying(prev: nn.Module, in_features: int, block: nn.Module) -> Tying | Literal[False]:
     """For a Linear -> Linear pair whose sizes differ (GQA v_proj -> o_proj): (n_rep, head_dim)."""
     if not isinstance(prev, nn.Linear) or prev.out_features == in_features:
         return None
@@ -75,7 +78,7 @@ def head_tying(prev: nn.Module, in_features: int, block: nn.Module):
     return in_features // prev.out_features, head_dim
 
 
-def tie_heads(s: torch.Tensor, tying) -> tuple[torch.Tensor, torch.Tensor]:
+def tie_heads(s: torch.Tensor, tying: Tying) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale for the consumer's inputs, scale for the producer's outputs) under GQA sharing."""
     if tying is None:
         return s, s
@@ -92,7 +95,8 @@ def fold_scale(prev: nn.Module, linears: list[nn.Linear], s_in: torch.Tensor, s_
         if prev.bias is not None:
             prev.bias.div_(s_prev.to(prev.bias.dtype))
     else:
-        prev.weight.div_(s_prev.to(prev.weight.dtype))
+        weight = cast(torch.Tensor, prev.weight)  # a norm's scale (present_groups checked it has one)
+        weight.div_(s_prev.to(weight.dtype))
     for lin in linears:
         lin.weight.mul_(s_in.to(lin.weight.dtype).unsqueeze(0))
 
@@ -121,11 +125,13 @@ class AWQConfig(MethodConfig):
 
 
 @torch.no_grad()
-def prepare_block(block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSpec, cfg: AWQConfig) -> dict:
+def prepare_block(
+    block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSpec, cfg: AWQConfig
+) -> dict[str, object]:
     n_grid = cfg.n_grid
-    chosen = {}
+    chosen: dict[str, str | float] = {}
     for group, prev in present_groups(block, stats):
-        linears = [block.get_submodule(n) for n in group.linears]
+        linears = [cast(nn.Linear, block.get_submodule(n)) for n in group.linears]
         st = stats[group.linears[0]]
         tying = head_tying(prev, linears[0].in_features, block)
         if tying is False:
@@ -134,7 +140,8 @@ def prepare_block(block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSp
         x = st.sample
         x_mean = st.absmean.clamp(min=1e-6)
         weights = [lin.weight.detach().float() for lin in linears]
-        best_alpha, best_err, best_s = 0.0, float("inf"), None
+        best_alpha, best_err = 0.0, float("inf")
+        best_s: tuple[torch.Tensor, torch.Tensor] | None = None
         for k in range(n_grid):
             alpha = k / n_grid
             s = x_mean.pow(alpha)
@@ -143,6 +150,7 @@ def prepare_block(block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSp
             err = output_error(weights, s_in, x, fmt)
             if err < best_err:
                 best_alpha, best_err, best_s = alpha, err, (s_in, s_prev)
+        assert best_s is not None  # set at alpha = 0 (any finite error is below inf)
         s_in, s_prev = best_s
         if best_alpha > 0:
             fold_scale(prev, linears, s_in, s_prev)

@@ -21,7 +21,9 @@ The result is built with ``fmt.quantize(Q, scales=, zeros=)``, so it is an ordin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import cast
 
 import torch
 
@@ -79,7 +81,9 @@ def _shrunk_error(
     return (quantize_column(fmt, cols, s, z) - cols).abs_().pow_(norm).sum(1)
 
 
-def quantize_column(fmt: FormatSpec, cols: torch.Tensor, scale: torch.Tensor, zero) -> torch.Tensor:
+def quantize_column(
+    fmt: FormatSpec, cols: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None
+) -> torch.Tensor:
     """Round ``cols`` (one column ``[out]`` or columns ``[out, k]`` of one group) to the format's
     grid with per-row ``scale`` / ``zero`` ``[out]``; returns their real values, shaped as ``cols``."""
     out = cols.shape[0]
@@ -88,7 +92,9 @@ def quantize_column(fmt: FormatSpec, cols: torch.Tensor, scale: torch.Tensor, ze
     return ((fmt.mult * q.reshape(out, -1).float() - z) * scale.view(-1, 1)).view_as(cols)
 
 
-def column_quantizer(fmt: FormatSpec, scale: torch.Tensor, zero: torch.Tensor | None):
+def column_quantizer(
+    fmt: FormatSpec, scale: torch.Tensor, zero: torch.Tensor | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A fast ``col -> real value`` for one group (same result as :func:`quantize_column`)."""
     if fmt.grid == "sign":
         neg = -scale
@@ -102,7 +108,7 @@ def column_quantizer(fmt: FormatSpec, scale: torch.Tensor, zero: torch.Tensor | 
     return lambda w: torch.addcmul(zm, w, inv).round_().clamp_(0.0, qmax).mul_(step).sub_(offset)
 
 
-def _inverse_cholesky(holder: list, percdamp: float) -> torch.Tensor:
+def _inverse_cholesky(holder: list[torch.Tensor], percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + damp I)^-1``; ``H`` (``holder``'s only item) is consumed,
     so at most two ``n x n`` matrices are alive at once (a 9728-wide down_proj: 2 x 378 MB)."""
     H = holder.pop()
@@ -118,9 +124,13 @@ def _inverse_cholesky(holder: list, percdamp: float) -> torch.Tensor:
             del L
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
             if int(info) == 0:
-                return U
+                return cast(torch.Tensor, U)  # torch's stubs type cholesky_ex's result as Any
             break
-    raise torch.linalg.LinAlgError("GPTQ: Hessian is not positive definite even with 1000x dampening")
+    # torch.linalg re-exports LinAlgError as `_LinAlgError as LinAlgError`, which mypy does not
+    # count as an explicit export; it is the documented public name
+    raise torch.linalg.LinAlgError(  # type: ignore[attr-defined]
+        "GPTQ: Hessian is not positive definite even with 1000x dampening"
+    )
 
 
 @torch.no_grad()
@@ -151,7 +161,7 @@ def gptq_quantize(
         s, z = search_params(fmt, cols) if mse else group_params(fmt, cols)
         scales[:, g] = s
         if zeros is not None:
-            zeros[:, g] = z
+            zeros[:, g] = cast(torch.Tensor, z)  # an asymmetric format's params always have zeros
 
     perm = None
     if act_order:
@@ -159,13 +169,13 @@ def gptq_quantize(
             set_group(g, W[:, g * gs : (g + 1) * gs])
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
-    group_of = (perm if perm is not None else torch.arange(n, device=W.device)) // gs
-    group_of = group_of.tolist()
+    group_of: list[int] = ((perm if perm is not None else torch.arange(n, device=W.device)) // gs).tolist()
     holder = [H]
     del H
     U = _inverse_cholesky(holder, percdamp)
     Q = torch.zeros_like(W)
-    current, quant = -1, None
+    current = -1
+    quant: Callable[[torch.Tensor], torch.Tensor] | None = None
     for i1 in range(0, n, blocksize):
         i2 = min(i1 + blocksize, n)
         W1 = W[:, i1:i2].clone()
@@ -183,6 +193,7 @@ def gptq_quantize(
             if g != current:
                 current = g
                 quant = column_quantizer(fmt, scales[:, g], None if zeros is None else zeros[:, g])
+            assert quant is not None  # set at the first column (current starts at -1)
             w = W1[:, i]
             q = quant(w)
             Q1[:, i] = q
@@ -216,7 +227,9 @@ class GPTQConfig(MethodConfig):
         return self if self.mse is not None else replace(self, mse=fmt.bits <= 4)
 
 
-def quantize_linear(weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, cfg: GPTQConfig):
+def quantize_linear(
+    weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, cfg: GPTQConfig
+) -> QuantizedWeight:
     if stats is None:
         return fmt.quantize(weight)
     return gptq_quantize(

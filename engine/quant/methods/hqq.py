@@ -19,6 +19,8 @@ calibration-free, stored in qtui's own formats so it runs on qtui's kernels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
+from typing import cast
 
 import torch
 
@@ -31,15 +33,22 @@ from engine.typed import option
 F16_TINY = torch.finfo(torch.float16).tiny
 
 
-def _hqq():
+def _hqq() -> ModuleType:
     try:
         from hqq.core import optimize
     except ImportError as exc:  # pragma: no cover - hqq is a dependency
         raise QtuiError("the hqq method needs the 'hqq' package: pip install hqq") from exc
-    return optimize
+    return cast(ModuleType, optimize)  # hqq is not type-checked here (see [tool.mypy])
 
 
-def _refit_scale(groups, mask, scales, zeros, fmt: FormatSpec, rounds: int) -> torch.Tensor:
+def _refit_scale(
+    groups: torch.Tensor,
+    mask: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    fmt: FormatSpec,
+    rounds: int,
+) -> torch.Tensor:
     """Least-squares scale per group for fixed zeros: s = sum w*l / sum l*l over the codes' levels."""
     for _ in range(rounds):
         q = fmt.encode(groups, scales.unsqueeze(-1), zeros)
@@ -61,7 +70,9 @@ class HQQConfig(MethodConfig):
     refit: int = option(3, "least-squares scale refits after rounding hqq's float zero to an integer", min=0)
 
 
-def hqq_affine(weight: torch.Tensor, fmt: FormatSpec, cfg: HQQConfig, round_zero: bool = True):
+def hqq_affine(
+    weight: torch.Tensor, fmt: FormatSpec, cfg: HQQConfig, round_zero: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """hqq's proximal solver on each group; returns (scales, zeros) ``[out, n_groups]`` (qtui convention)."""
     opt = _hqq()
     w = weight.detach().float()
@@ -116,7 +127,9 @@ def quantize_weight(weight: torch.Tensor, fmt: FormatSpec, cfg: HQQConfig) -> Qu
     return fmt.quantize(weight, scales=hqq_scale_only(weight, fmt, cfg))
 
 
-def quantize_linear(weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, cfg: HQQConfig):
+def quantize_linear(
+    weight: torch.Tensor, stats: LinearStats | None, fmt: FormatSpec, cfg: HQQConfig
+) -> QuantizedWeight:
     return quantize_weight(weight, fmt, cfg)
 
 

@@ -12,6 +12,7 @@ inputs have no norm before them), as in the paper's Llama recipe; they still run
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,13 +33,13 @@ class SmoothQuantConfig(MethodConfig):
 @torch.no_grad()
 def prepare_block(
     block: nn.Module, stats: dict[str, LinearStats], fmt: FormatSpec, cfg: SmoothQuantConfig
-) -> dict:
+) -> dict[str, object]:
     alpha = cfg.alpha
-    done = []
+    done: list[str] = []
     for group, prev in present_groups(block, stats):
         if isinstance(prev, nn.Linear):
             continue
-        linears = [block.get_submodule(n) for n in group.linears]
+        linears = [cast(nn.Linear, block.get_submodule(n)) for n in group.linears]
         st = stats[group.linears[0]]
         w_max = torch.stack([lin.weight.detach().abs().float().amax(dim=0) for lin in linears]).amax(dim=0)
         s = st.absmax.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
