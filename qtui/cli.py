@@ -167,7 +167,7 @@ def _settings(args):
 
 
 def cmd_chat(args) -> int:
-    from engine import runtime, variants
+    from engine import runtime, specs, variants
 
     settings = _settings(args)
     cache: dict = {}
@@ -175,7 +175,7 @@ def cmd_chat(args) -> int:
     loaded = []
     try:
         for spec in args.specs:
-            parsed = variants.parse_spec(spec, args.method)
+            parsed = specs.parse_model_spec(spec, args.method)
             loaded.append(variants.open_spec(parsed, args.device, bar, loaded_cache=cache))
             loaded[-1].warm_up(bar)
     finally:
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument(
-        "--formats", nargs="*", help="e.g. bf16 int8 int4-g64 int4-g64:naive (FMT:BACKEND forces one)"
+        "--formats", nargs="*", help="e.g. bf16 int8 int4-g64 int4-g64@naive (FMT@BACKEND forces one kernel)"
     )
     b.add_argument("--json", dest="json_out", help="also write the rows as JSON to this file")
     b.add_argument(

@@ -5,42 +5,50 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from typing import TextIO
+
+from engine.progress import Progress, ProgressClock
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class ProgressLine:
-    """A one-line progress bar on stderr (``progress(done, total, text)`` for the engine)."""
+    """The CLI's progress sink: a one-line bar on stderr (a line per stage when not a terminal).
+    The engine calls it as ``progress(done, total, text)``; the ETA comes from
+    :class:`engine.progress.ProgressClock`, the one place it is computed."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.tty = stream.isatty()
-        self.last_text = ""
+        self.clock = ProgressClock()
+        self.last_stage = ""
         self.last_draw = 0.0
-        self.start = time.monotonic()
 
     def __call__(self, done: int, total: int, text: str) -> None:
-        now = time.monotonic()
+        p = self.clock(done, total, text)
         if not self.tty:
-            stage = text.split(" ")[0] if total > 1 else text
-            if stage != self.last_text:
-                print(f"  {text}", file=self.stream, flush=True)
-                self.last_text = stage
+            stage = p.stage.split(" ")[0] if total > 1 else p.text
+            if stage != self.last_stage:
+                print(f"  {p.text}", file=self.stream, flush=True)
+                self.last_stage = stage
             return
+        now = time.monotonic()
         if now - self.last_draw < 0.1 and done < total:
             return
         self.last_draw = now
-        width = 24
-        if total > 0:
-            frac = min(done / total, 1.0)
-            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-            eta = (now - self.start) / frac * (1 - frac) if frac > 0 else 0
-            line = f"[{bar}] {frac * 100:5.1f}% eta {eta:4.0f}s {text}"
-        else:
-            line = f"[{'.' * width}] {text}"
-        cols = shutil.get_terminal_size().columns
-        print("\r" + line[: cols - 1].ljust(cols - 1), end="", file=self.stream, flush=True)
+        print("\r" + render(p, shutil.get_terminal_size().columns - 1), end="", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.tty and self.last_draw:
             print(file=self.stream, flush=True)
+
+
+def render(p: Progress, cols: int, width: int = 24) -> str:
+    """``[#####---] 42.0% eta   12s block 3/30: q_proj`` cut or padded to ``cols``."""
+    if p.fraction is not None:
+        filled = int(p.fraction * width)
+        eta = f"eta {p.eta:4.0f}s" if p.eta is not None else "eta    ?s"
+        line = f"[{'#' * filled}{'-' * (width - filled)}] {p.fraction * 100:5.1f}% {eta} {p.text}"
+    else:
+        line = f"[{'.' * width}] {p.text}"
+    return line[:cols].ljust(cols)

@@ -98,19 +98,19 @@ def _default_specs() -> list[str]:
 
 
 def cmd_report(args) -> int:
-    from engine import report
+    from engine import report, specs
     from engine.evals import api, results
 
     settings = _settings(args)
-    specs = args.specs or _default_specs()
+    variant_specs = args.specs or _default_specs()
     infos, by_variant, loaded = [], {}, {}
-    for spec in specs:
+    for spec in variant_specs:
         bar = ProgressLine()
         try:
             subject = api.open_subject(spec, args.device, bar, loaded_cache=loaded)
             for item in args.eval or []:
-                task, _, mode = item.partition(":")
-                api.run(subject, task, mode or "loglik", args.limit, args.data, settings, bar)
+                task, mode = specs.parse_task_mode(item)
+                api.run(subject, task, mode, args.limit, args.data, settings, bar)
         finally:
             bar.close()
         info = report.variant_info(subject.variant, subject.key)

@@ -23,6 +23,8 @@ from textual.widgets import (
     Static,
 )
 
+from engine.progress import ProgressClock
+
 MODES = [("log-likelihood (knowledge, format-free)", "loglik"), ("generative (\\boxed{} answers)", "generate"),
          ("fidelity to the baseline (KLD, top-1, PPL)", "fidelity")]  # fmt: skip
 
@@ -58,6 +60,7 @@ class EvaluateScreen(Screen):
         self.cancel_event: threading.Event | None = None
         self.step = (0, 0, "")
         self.started = 0.0
+        self.clock = ProgressClock()  # the engine's one ETA computation
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -108,8 +111,9 @@ class EvaluateScreen(Screen):
         bar = self.query_one("#eval-progress", ProgressBar)
         bar.update(total=total or 1, progress=done if total else 0)
         if self.cancel_event is not None:
+            p = self.clock.last
             elapsed = time.monotonic() - self.started
-            eta = f", eta {elapsed / done * (total - done):.0f}s" if done and total else ""
+            eta = f", eta {p.eta:.0f}s" if p is not None and p.eta is not None and p.eta > 0 else ""
             self.query_one("#eval-status", Static).update(f"{text}  {elapsed:.0f}s{eta}")
 
     def action_run(self) -> None:
@@ -136,6 +140,7 @@ class EvaluateScreen(Screen):
             return
         self.cancel_event = threading.Event()
         self.started = time.monotonic()
+        self.clock = ProgressClock()
         self.evaluate(variants, tasks, mode, limit, self.cancel_event)
 
     def action_cancel(self) -> None:
@@ -156,6 +161,7 @@ class EvaluateScreen(Screen):
                     continue
 
                 def progress(done, total, text, i=i, name=loaded.name, task=task):
+                    self.clock(done, total, text)
                     self.step = (done, total, f"[{i + 1}/{len(jobs)}] {name} / {task}: {text}")
 
                 try:

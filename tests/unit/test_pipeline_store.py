@@ -19,7 +19,7 @@ from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.methods import get_method
 from engine.quant.pipeline import QuantOptions, quantize_model, quantized_modules, targets
 from engine.runtime import GenSettings, generate, load_variant, variant_from_model
-from engine.specs import parse_model_spec as parse_spec
+from engine.specs import parse_model_spec
 from engine.variants import describe_error
 from tests.helpers import quantize_saved
 
@@ -211,7 +211,7 @@ def test_default_destination_and_list_variants(loaded_source, _isolated_home):
     assert [path for path, _ in found] == [folder]
     assert found[0][1].format_name == "int4-g64"
     # a saved variant folder is a SPEC of its own
-    spec = parse_spec(str(folder))
+    spec = parse_model_spec(str(folder))
     assert spec.folder == folder and spec.source is None and spec.display == "int4-g64-rtn"
     with pytest.raises(StoreError, match="already exists"):
         quantize_saved(loaded, get_format("int4-g64"))

@@ -222,3 +222,13 @@ def test_a_method_with_a_model_level_transform_is_one_registration(tiny_model):
     assert calls == ["prepare", "finalize"]
     assert report.block_info[0] == {"model": "prepare", "scale": 3.0}
     assert report.block_info[-1] == {"model": "finalize", "done": True}
+
+
+def test_docs_list_every_method_parameter():
+    """docs/methods.md's parameter table stays in step with the config classes."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "methods.md").read_text()
+    for method in list_methods():
+        for name, _, _, _ in method.parameters():
+            assert f"| {method.name} | `{name}` |" in doc, f"{method.name}.{name} missing from docs/methods.md"
