@@ -95,7 +95,9 @@ def main(argv=None) -> int:
     rows = []
     for item in args.rows.split(","):
         meth_name, fmt_name = item.split(":")
-        row, model = measure_method(loaded, ref, cal, meth_name, fmt_name, QuantOptions(keep_sensitive=args.keep_sensitive))
+        row, model = measure_method(
+            loaded, ref, cal, meth_name, fmt_name, QuantOptions(keep_sensitive=args.keep_sensitive)
+        )
         del model
         rows.append(row)
         print(

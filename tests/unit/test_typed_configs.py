@@ -231,4 +231,6 @@ def test_docs_list_every_method_parameter():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "methods.md").read_text()
     for method in list_methods():
         for name, _, _, _ in method.parameters():
-            assert f"| {method.name} | `{name}` |" in doc, f"{method.name}.{name} missing from docs/methods.md"
+            assert f"| {method.name} | `{name}` |" in doc, (
+                f"{method.name}.{name} missing from docs/methods.md"
+            )
