@@ -52,8 +52,7 @@ class QuantizedWeight:
         out_features, in_features = self.shape
         group = self.fmt.group_for(in_features)
         codes = self.codes().float().reshape(out_features, -1, group)
-        values = self.fmt.mult * codes - self.zero_points().unsqueeze(-1)
-        weight = (values * self.scales.float().unsqueeze(-1)).reshape(out_features, -1)
+        weight = self.fmt.decode(codes, self.scales, self.qzeros).reshape(out_features, -1)
         return weight[:, :in_features].to(dtype)
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
@@ -146,9 +145,7 @@ class FormatSpec:
         groups, mask = P.grouped(w, group)
         if scales is None:
             scales, zeros = self.default_params(groups, mask)
-        scales = scales.float()
-        # round-trip the scale through f16 first: codes are chosen against the stored scale
-        scales = scales.to(torch.float16).float().clamp(min=torch.finfo(torch.float16).tiny)
+        scales = self.stored_scales(scales)
         codes = self.encode(groups, scales.unsqueeze(-1), zeros)
         codes = codes.reshape(w.shape[0], -1).to(torch.uint8)
         return QuantizedWeight(
@@ -158,6 +155,28 @@ class FormatSpec:
             scales=scales.to(torch.float16).contiguous(),
             qzeros=None if zeros is None else zeros.to(getattr(torch, self.zero_dtype)).contiguous(),
         )
+
+    def fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        """What ``quantize(weight).dequantize()`` gives, in float and without packing (AWQ's search
+        tries many scalings of one weight)."""
+        w = weight.detach().float()
+        groups, mask = P.grouped(w, self.group_for(w.shape[1]))
+        scales, zeros = self.default_params(groups, mask)
+        scales = self.stored_scales(scales)
+        codes = self.encode(groups, scales.unsqueeze(-1), zeros)
+        return self.decode(codes, scales, zeros).reshape(w.shape[0], -1)[:, : w.shape[1]]
+
+    @staticmethod
+    def stored_scales(scales: torch.Tensor) -> torch.Tensor:
+        """Scales as stored (rounded through f16, kept above f16's smallest normal): codes are
+        chosen against the scale the kernels will use."""
+        return scales.float().to(torch.float16).float().clamp(min=torch.finfo(torch.float16).tiny)
+
+    def decode(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> torch.Tensor:
+        """``(mult * q - zero) * scale`` for codes ``[out, groups, group]`` (float) with scales and
+        zeros ``[out, groups]``; the one place a code becomes a number."""
+        zero = zeros.float().unsqueeze(-1) if zeros is not None else self.zero_const
+        return (self.mult * codes - zero) * scales.float().unsqueeze(-1)
 
     def default_params(
         self, groups: torch.Tensor, mask: torch.Tensor

@@ -20,6 +20,8 @@ or other model-level transform is one method file). ``cfg`` is the method's own 
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -181,7 +183,10 @@ def register(method: MethodSpec) -> MethodSpec:
 
 
 def _load_all() -> None:
-    from engine.quant.methods import awq, gptq, hqq, rtn, smoothquant  # noqa: F401  (register themselves)
+    """Import every module of this package once: each registers its method (a new method is one
+    new file here)."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def get_method(name: str | MethodSpec) -> MethodSpec:

@@ -26,7 +26,6 @@ from typing import Literal, cast
 import torch
 from torch import nn
 
-from engine.quant import primitives as P
 from engine.quant.formats import FormatSpec
 from engine.quant.methods import LinearStats, MethodConfig, MethodSpec, register
 from engine.typed import option
@@ -101,20 +100,10 @@ def fold_scale(prev: nn.Module, linears: list[nn.Linear], s_in: torch.Tensor, s_
         lin.weight.mul_(s_in.to(lin.weight.dtype).unsqueeze(0))
 
 
-def fake_quantize(w: torch.Tensor, fmt: FormatSpec) -> torch.Tensor:
-    """RTN round trip of ``w`` in float (what ``fmt.quantize(w).dequantize()`` gives, without packing)."""
-    groups, mask = P.grouped(w, fmt.group_for(w.shape[1]))
-    scales, zeros = fmt.default_params(groups, mask)
-    scales = scales.to(torch.float16).float().clamp(min=torch.finfo(torch.float16).tiny).unsqueeze(-1)
-    codes = fmt.encode(groups, scales, zeros)
-    zero = zeros.unsqueeze(-1) if zeros is not None else fmt.zero_const
-    return ((fmt.mult * codes - zero) * scales).reshape(w.shape[0], -1)[:, : w.shape[1]]
-
-
 def output_error(weights: list[torch.Tensor], s: torch.Tensor, x: torch.Tensor, fmt: FormatSpec) -> float:
     total = 0.0
     for w in weights:
-        wq = fake_quantize(w * s.unsqueeze(0), fmt) / s.unsqueeze(0)
+        wq = fmt.fake_quantize(w * s.unsqueeze(0)) / s.unsqueeze(0)
         total += float(((w - wq) @ x.t()).pow(2).sum())
     return total
 
