@@ -373,6 +373,27 @@ class QLinear(nn.Module):
         return f"{self.in_features}->{self.out_features}, {self.fmt.name}, {self.backend_label}"
 
 
+class TransformedLinear(nn.Linear):
+    """A float Linear that applies an input transform first, ``y = (x T) W^T + b``: what a
+    model-level method (``MethodSpec.prepare_model``, e.g. a rotation) puts in place of a Linear
+    whose input it changes. Quantizing it gives a :class:`QLinear` with the same transform."""
+
+    input_transform: torch.Tensor
+
+    def __init__(self, linear: nn.Linear, transform: torch.Tensor, weight: torch.Tensor) -> None:
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        if tuple(transform.shape) != (linear.in_features, linear.in_features):
+            raise ValueError(f"input transform {tuple(transform.shape)} does not fit {linear}")
+        self.weight = nn.Parameter(weight.detach().to(linear.weight.dtype), requires_grad=False)
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.register_buffer("input_transform", transform.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x @ self.input_transform.to(device=x.device, dtype=x.dtype)
+        return F.linear(x, self.weight, self.bias)
+
+
 class QEmbedding(nn.Module):
     """An embedding table stored quantized; looked-up rows are dequantized (only those rows)."""
 
