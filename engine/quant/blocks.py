@@ -127,6 +127,13 @@ def _hidden(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _weight_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the Linear's weight multiplies: its input, after the input transform when it has one
+    (then a tensor of its own, so it shares statistics with no other Linear)."""
+    transform = input_transform_of(module)
+    return x if transform is None else x @ transform.to(device=x.device, dtype=x.dtype)
+
+
 def collect_stats(block: nn.Module, inputs: list[BlockInput], sample_tokens: int) -> dict[str, LinearStats]:
     """Run ``block`` over ``inputs`` and return {linear name: stats of its input} (shared objects)."""
     stats: dict[str, LinearStats] = {}
@@ -150,7 +157,7 @@ def collect_stats(block: nn.Module, inputs: list[BlockInput], sample_tokens: int
         st.names.append(name) if name not in st.names else None
 
     hooks = [
-        m.register_forward_hook(lambda mod, inp, out, name=name: record(name, inp[0]))
+        m.register_forward_hook(lambda mod, inp, out, name=name: record(name, _weight_input(mod, inp[0])))
         for name, m in block.named_modules()
         if isinstance(m, nn.Linear)
     ]

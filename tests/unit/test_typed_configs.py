@@ -294,3 +294,18 @@ def test_input_transform_survives_quantize_save_and_load(tiny_model, tmp_path, m
     assert torch.equal(again, after)  # bit-identical after the round trip
     # int8 of the rotated weights still computes the original function closely
     assert float((after - before).abs().max()) < 0.05 * float(before.abs().max())
+
+
+def test_calibration_stats_see_the_transformed_input():
+    """GPTQ's Hessian of a TransformedLinear is that of ``x T`` (what its weight multiplies)."""
+    from engine.quant.blocks import collect_stats
+    from engine.quant.layers import TransformedLinear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16, bias=False)
+    q = _orthogonal(32, 3)
+    block = nn.Sequential(TransformedLinear(lin, q, lin.weight.float() @ q))
+    inputs = [(torch.randn(2, 8, 32), {})]
+    st = collect_stats(block, inputs, sample_tokens=16)["0"]
+    x = (inputs[0][0].reshape(-1, 32) @ q).double()
+    assert torch.allclose(st.hessian().double(), 2 * x.t() @ x / x.shape[0], atol=1e-4)
