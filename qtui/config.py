@@ -73,8 +73,11 @@ class Settings:
                 self.calibration = None
         if not isinstance(self.method_params, dict):
             self.method_params = {}
-        if self.calibration is not None and not isinstance(self.calibration, dict):
-            self.calibration = None
+        if self.calibration is not None:
+            try:  # a hand-edited dict is checked like typed text
+                self.calibration = typed.values(specs.calibration_spec(dict(self.calibration)))
+            except (QtuiError, TypeError, ValueError):
+                self.calibration = None
         try:
             self.set_generation({name: getattr(self, name) for name in GENERATION})
         except QtuiError:

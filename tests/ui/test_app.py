@@ -265,3 +265,28 @@ async def test_models_screen_device_reaches_the_request(fake, settings):
         await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
         job = next(iter(app.jobs.values()))
         assert str(job.request.device) == app.settings.device == "cpu"
+
+
+def test_settings_file_holds_parsed_values(tmp_path, monkeypatch):
+    """settings.json keeps parsed data; older text values are converted, bad ones reset."""
+    import json
+
+    from qtui.config import Settings
+
+    monkeypatch.setenv("QTUI_HOME", str(tmp_path))
+    path = Settings.path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = {"method_params": "percdamp=0.02 act_order=true", "calibration": "builtin:8x128", "top_p": 1.0}
+    path.write_text(json.dumps(old))
+    s = Settings.load()
+    assert s.method_params == {"percdamp": "0.02", "act_order": "true"}  # checked when a request is built
+    assert s.calibration == {"source": "builtin", "samples": 8, "seq_len": 128}
+    assert (s.params_text, s.calibration_text) == ("percdamp=0.02 act_order=true", "builtin:8x128")
+    s.save()
+    assert json.loads(path.read_text())["calibration"] == {"source": "builtin", "samples": 8, "seq_len": 128}
+    bad = {"calibration": {"source": "builtin", "samples": 0}, "top_p": 7, "temperature": "hot", "seed": 3}
+    path.write_text(json.dumps(bad))
+    s = Settings.load()
+    assert s.calibration is None and (s.top_p, s.temperature) == (1.0, 0.0)
+    path.write_text("[1, 2")  # not JSON at all
+    assert Settings.load() == Settings()
