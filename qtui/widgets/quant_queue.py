@@ -36,7 +36,8 @@ class QuantRow(Horizontal, can_focus=True):
             info.update("queued")
         elif job.status == "running":
             eta = f", eta {job.eta:.0f}s" if job.eta is not None else ""
-            info.update(f"{job.text}  {job.elapsed:.1f}s{eta}")
+            where = "" if job.request.device.type == "cpu" else f" on {job.request.device}"
+            info.update(f"{job.text}  {job.elapsed:.1f}s{eta}{where}")
         elif job.status == "done":
             info.update(f"done in {job.elapsed:.1f}s, {human_bytes(job.bytes_on_disk)}")
             bar.update(total=1, progress=1)
