@@ -45,6 +45,7 @@ class Manifest:
     files: dict[str, dict[str, int]]  # file name -> {"bytes"}
     layers: list[dict[str, Any]]  # per-Linear errors
     quantized_on: str | None
+    weight_files: list[str]  # the safetensors files: one, or the shards of a large variant
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @property
@@ -62,7 +63,7 @@ class Manifest:
         try:
             bpw = data.get("bits_per_weight") or {}
             method = data.get("method") or {}
-            return cls(
+            m = cls(
                 version=int(data["qtui_variant"]),
                 format_name=str(data["format"]["name"]),
                 method=str(method.get("name", "rtn")),
@@ -79,10 +80,15 @@ class Manifest:
                 files=dict(data["files"]),
                 layers=list(data.get("layers") or []),
                 quantized_on=data.get("quantized_on"),
+                weight_files=[str(f) for f in data.get("weight_files") or ["model.safetensors"]],
                 raw=data,
             )
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise StoreError(f"{where} has a malformed field ({type(exc).__name__}: {exc})") from exc
+        for name in [*m.weight_files, *m.files]:
+            if Path(name).name != name or name in (".", ".."):
+                raise StoreError(f"{where} names a file outside the variant folder: {name!r}")
+        return m
 
 
 _SOURCE = {"id", "kind", "label", "hash"}

@@ -34,10 +34,11 @@ from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.plan import LayerReport, QuantOptions, QuantReport, hf_model, quantized_modules, set_module
 
 if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): Any to it
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 MANIFEST = paths.MANIFEST
 WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
 MANIFEST_VERSION = 1
 TRANSFORM_SUFFIX = ".input_transform"  # a QLinear's input transform (float32)
 FLOAT_NAMES = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
@@ -74,22 +75,34 @@ class Described(TypedDict):
     tied: dict[str, str]  # a tied tensor's name -> the stored tensor it shares
 
 
-def _state_to_save(model: nn.Module, fmt: FormatSpec) -> tuple[dict[str, torch.Tensor], Described]:
-    """Every tensor to write, plus the manifest's per-tensor description."""
+def _state_to_save(
+    module: nn.Module, fmt: FormatSpec, prefix: str = "", skip: tuple[str, ...] = ()
+) -> tuple[dict[str, torch.Tensor], Described, int, int]:
+    """Every tensor of ``module`` to write (names under ``prefix``), the manifest's per-tensor
+    description, and the quantized weights' parameter count and bytes. Tensors still on the meta
+    device (released blocks of a model streamed to disk) and names starting with ``skip`` are left
+    out; tensors shared within ``module`` are written once and listed as tied."""
     base_dtype = fmt.torch_dtype
-    qmods = quantized_modules(model)
+    base = f"{prefix}." if prefix else ""
     tensors: dict[str, torch.Tensor] = {}
     described: dict[str, TensorEntry] = {}
-    for name, module in qmods.items():
-        if module.qw is None:
-            raise StoreError(f"{name}: quantized weight was released; save before preparing kernels")
-        for key, t in module.qw.tensors(name).items():
+    qparams = qbytes = 0
+    for name, qmod in quantized_modules(module).items():
+        full = base + name
+        if full.startswith(skip) if skip else False:
+            continue
+        if qmod.qw is None:
+            raise StoreError(f"{full}: quantized weight was released; save before preparing kernels")
+        for key, t in qmod.qw.tensors(full).items():
             tensors[key] = t.contiguous().cpu()
-        described[f"{name}.weight"] = {"format": module.qw.fmt.name, "shape": list(module.qw.shape)}
+        described[f"{full}.weight"] = {"format": qmod.qw.fmt.name, "shape": list(qmod.qw.shape)}
+        qparams += qmod.qw.shape[0] * qmod.qw.shape[1]
+        qbytes += qmod.qw.nbytes
     seen: dict[int, str] = {}
     tied: dict[str, str] = {}
-    for key, t in model.state_dict().items():
-        if key in tensors:
+    for name, t in module.state_dict().items():
+        key = base + name
+        if key in tensors or t.is_meta or (skip and key.startswith(skip)):
             continue
         if t.data_ptr() in seen:
             tied[key] = seen[t.data_ptr()]
@@ -99,7 +112,7 @@ def _state_to_save(model: nn.Module, fmt: FormatSpec) -> tuple[dict[str, torch.T
         out = t.detach().to(dtype) if t.is_floating_point() else t.detach()
         tensors[key] = out.contiguous().cpu()
         described[key] = {"format": FLOAT_NAMES[dtype], "shape": list(t.shape)}
-    return tensors, {"tensors": described, "tied": tied}
+    return tensors, {"tensors": described, "tied": tied}, qparams, qbytes
 
 
 @dataclass
@@ -109,6 +122,110 @@ class SaveInfo:
     path: Path
     manifest: Manifest
     report: QuantReport | None = None
+
+
+class VariantWriter:
+    """A variant written piece by piece: modules are added as they are finished (a model streamed
+    from disk adds one decoder block at a time and releases it), tensors are hashed and written
+    to shards of at most ``shard_bytes`` in a hidden temporary folder beside ``dest``, and
+    :meth:`finish` writes config, tokenizer and manifest, fsyncs and renames the folder into place.
+    Leaving the ``with`` block by an exception removes the temporary folder: nothing is saved."""
+
+    def __init__(self, dest: Path, fmt: FormatSpec, overwrite: bool = False, shard_bytes: int = 1 << 30):
+        self.dest = Path(dest)
+        if self.dest.exists() and not overwrite:
+            raise StoreError(f"{self.dest} already exists; remove it or pass overwrite")
+        self.fmt = fmt
+        self.shard_bytes = shard_bytes
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.tmp-"))
+        except OSError as exc:
+            raise _store_error(exc, self.dest) from exc
+        self.described: Described = {"tensors": {}, "tied": {}}
+        self.hashes: dict[str, str] = {}
+        self.shards: list[str] = []
+        self.weight_map: dict[str, str] = {}
+        self.qparams = self.qbytes = 0
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+
+    def __enter__(self) -> VariantWriter:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _store_error(exc, self.dest) from exc
+
+    def add(self, module: nn.Module, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+        """Hash and queue every tensor of ``module`` (named under ``prefix``) for writing."""
+        tensors, described, qparams, qbytes = _state_to_save(module, self.fmt, prefix, skip)
+        self.described["tensors"].update(described["tensors"])
+        self.described["tied"].update(described["tied"])
+        self.qparams += qparams
+        self.qbytes += qbytes
+        for key, t in tensors.items():
+            if key in self.hashes:
+                raise StoreError(f"{self.dest.name}: tensor {key} written twice")
+            self.hashes[key] = tensor_sha256(t)
+            self._pending[key] = t
+            self._pending_bytes += t.numel() * t.element_size()
+        if self._pending_bytes >= self.shard_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self._pending:
+            return
+        name = f"model-{len(self.shards) + 1:05d}.safetensors"
+        save_file(self._pending, self.tmp / name, metadata={"format": "pt", "qtui": self.fmt.name})
+        self.weight_map.update(dict.fromkeys(self._pending, name))
+        self.shards.append(name)
+        self._pending, self._pending_bytes = {}, 0
+
+    def finish(
+        self,
+        config: PretrainedConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        method: str,
+        source: Mapping[str, object],
+        report: QuantReport | None = None,
+        cancel: threading.Event | None = None,
+    ) -> SaveInfo:
+        """Write what is left, config, tokenizer and manifest; rename into place atomically."""
+        self._flush()
+        if len(self.shards) == 1:  # one file: the usual single-file layout
+            os.replace(self.tmp / self.shards[0], self.tmp / WEIGHTS)
+            self.weight_map = dict.fromkeys(self.weight_map, WEIGHTS)
+            self.shards = [WEIGHTS]
+        elif self.shards:
+            total = len(self.shards)
+            renamed = {n: f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i, n in enumerate(self.shards)}
+            for old, new in renamed.items():
+                os.replace(self.tmp / old, self.tmp / new)
+            self.shards = list(renamed.values())
+            self.weight_map = {k: renamed[v] for k, v in self.weight_map.items()}
+            index = {"metadata": {"total_size": self.qbytes}, "weight_map": self.weight_map}
+            (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
+        config.save_pretrained(self.tmp)
+        tokenizer.save_pretrained(self.tmp)
+        manifest = _manifest(self, config, method, source, report)
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _fsync_tree(self.tmp)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("save cancelled")
+        if self.dest.exists():
+            shutil.rmtree(self.dest)
+        os.replace(self.tmp, self.dest)
+        return SaveInfo(self.dest, Manifest.from_dict(manifest, self.dest / MANIFEST), report)
+
+
+def _store_error(exc: OSError, dest: Path) -> StoreError:
+    if exc.errno == errno.ENOSPC:
+        return StoreError(f"disk full while saving {dest.name}; nothing was saved")
+    return StoreError(f"could not save {dest}: {exc}; nothing was saved")
 
 
 def save_variant(
@@ -123,72 +240,41 @@ def save_variant(
     cancel: threading.Event | None = None,
     overwrite: bool = False,
 ) -> SaveInfo:
-    """Write ``model`` (already quantized in place, or float) as a variant at ``dest``."""
-    from safetensors.torch import save_file
-
-    dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise StoreError(f"{dest} already exists; remove it or pass overwrite")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    try:
-        tensors, described = _state_to_save(model, fmt)
-        hashes: dict[str, str] = {}
-        for i, (key, t) in enumerate(tensors.items()):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("save cancelled")
-            hashes[key] = tensor_sha256(t)
-            if progress and i % 16 == 0:
-                progress(i, len(tensors) + 2, f"hashing {key}")
-        if progress:
-            progress(len(tensors), len(tensors) + 2, f"writing {WEIGHTS}")
-        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "qtui": fmt.name})
-        hf_model(model).config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        manifest = _manifest(model, fmt, method, source, report, described, hashes, tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _fsync_tree(tmp)
+    """Write ``model`` (already quantized in place, or float, all in memory) as a variant at ``dest``."""
+    with VariantWriter(dest, fmt, overwrite, shard_bytes=1 << 62) as writer:
         if cancel is not None and cancel.is_set():
             raise Cancelled("save cancelled")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise StoreError(f"disk full while saving {dest.name}; nothing was saved") from exc
-        raise StoreError(f"could not save {dest}: {exc}; nothing was saved") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if progress:
+            progress(0, 2, f"hashing and writing {WEIGHTS}")
+        writer.add(model)
+        if progress:
+            progress(1, 2, "writing config, tokenizer and manifest")
+        saved = writer.finish(hf_model(model).config, tokenizer, method, source, report, cancel)
     if progress:
         progress(1, 1, "saved")
-    return SaveInfo(dest, Manifest.from_dict(manifest, dest / MANIFEST), report)
+    return saved
 
 
 def _manifest(
-    model: nn.Module,
-    fmt: FormatSpec,
+    writer: VariantWriter,
+    config: PretrainedConfig,
     method: str,
     source: Mapping[str, object],
     report: QuantReport | None,
-    described: Described,
-    hashes: dict[str, str],
-    folder: Path,
 ) -> dict[str, object]:
-    qparams = sum(
-        m.qw.shape[0] * m.qw.shape[1] for m in quantized_modules(model).values() if m.qw is not None
-    )
-    qbytes = sum(m.qw.nbytes for m in quantized_modules(model).values() if m.qw is not None)
+    fmt, described, qparams = writer.fmt, writer.described, writer.qparams
     total_params = sum(int(torch.tensor(d["shape"]).prod()) for d in described["tensors"].values())
     files: dict[str, dict[str, int]] = {}
-    for p in sorted(folder.iterdir()):
+    for p in sorted(writer.tmp.iterdir()):
         if p.is_file():
             files[p.name] = {"bytes": p.stat().st_size}
+    weight_bytes = sum(files[name]["bytes"] for name in writer.shards)
     return {
         "qtui_variant": MANIFEST_VERSION,
         "engine_version": engine.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": source,
-        "model_type": hf_model(model).config.model_type,
+        "model_type": config.model_type,
         "format": {
             "name": fmt.name,
             "family": fmt.family,
@@ -206,14 +292,15 @@ def _manifest(
         },
         "quantize_seconds": round(report.seconds, 3) if report else 0.0,
         "bits_per_weight": {
-            "quantized_tensors": round(qbytes * 8 / qparams, 4) if qparams else float(fmt.bits),
-            "whole_model": round(files[WEIGHTS]["bytes"] * 8 / max(total_params, 1), 4),
+            "quantized_tensors": round(writer.qbytes * 8 / qparams, 4) if qparams else float(fmt.bits),
+            "whole_model": round(weight_bytes * 8 / max(total_params, 1), 4),
         },
         "params": {"total": total_params, "quantized": qparams},
         "bytes_on_disk": sum(f["bytes"] for f in files.values()),
+        "weight_files": list(writer.shards),
         "tensors": described["tensors"],
         "tied": described["tied"],
-        "tensor_sha256": hashes,
+        "tensor_sha256": writer.hashes,
         "files": files,
         "layers": [_layer_entry(r) for r in (report.layers if report else [])],
         "calibration": report.calibration if report else None,
@@ -291,21 +378,28 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
 
 
 def load_tensors(folder: Path, manifest: Manifest, verify: bool = True) -> dict[str, torch.Tensor]:
+    """Every stored tensor of the variant (one file or several shards), sha256-checked."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     verify_files(folder, manifest)
-    try:
-        tensors: dict[str, torch.Tensor] = load_file(folder / WEIGHTS)
-    except Exception as exc:
-        raise StoreError(f"{folder / WEIGHTS} cannot be read (corrupt?): {exc}") from exc
+    tensors: dict[str, torch.Tensor] = {}
+    where: dict[str, str] = {}
+    for name in manifest.weight_files:
+        try:
+            part: dict[str, torch.Tensor] = load_file(folder / name)
+        except Exception as exc:
+            raise StoreError(f"{folder / name} cannot be read (corrupt?): {exc}") from exc
+        tensors.update(part)
+        where.update(dict.fromkeys(part, name))
     expected = manifest.tensor_sha256
     if set(tensors) != set(expected):
-        raise StoreError(f"{folder / WEIGHTS} holds other tensors than the manifest lists")
+        odd = sorted(set(tensors) ^ set(expected))[:1]
+        raise StoreError(f"{folder}: the weight files hold other tensors than the manifest lists ({odd[0]})")
     if verify:
         for key, t in tensors.items():
             if tensor_sha256(t) != expected[key]:
-                raise StoreError(f"{folder / WEIGHTS}: tensor {key} fails its sha256 check (corrupted)")
+                raise StoreError(f"{folder / where[key]}: tensor {key} fails its sha256 check (corrupted)")
     return tensors
 
 

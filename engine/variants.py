@@ -13,9 +13,8 @@ import copy
 import threading
 
 import torch
-from torch import nn
 
-from engine import sources, store
+from engine import sources, store, stream
 from engine.errors import Cancelled, QtuiError
 from engine.progress import ProgressFn, no_progress
 from engine.quant.calibration import CalibrationSpec
@@ -25,6 +24,14 @@ from engine.quant.pipeline import quantize_model
 from engine.request import QuantRequest
 from engine.runtime import Variant, load_variant, variant_from_model
 from engine.specs import ModelSpec, parse_model_spec
+
+
+def streamable(request: QuantRequest) -> bool:
+    """Whether the request can run from disk to disk. Not: mixed precision (which Linears to keep
+    wider is known only after every block, when the blocks are already written) and methods with
+    a model-level step (``prepare_model`` / ``finalize_model`` see the whole model)."""
+    meth = request.method
+    return not request.options.keep_sensitive and meth.prepare_model is None and meth.finalize_model is None
 
 
 def quantize_and_save(
@@ -41,14 +48,17 @@ def quantize_and_save(
     set); giving one makes any method run block by block and record per-Linear output errors.
     """
     if loaded is None:
-        loaded = sources.load(request.source, progress=progress or no_progress, cancel=cancel)
+        loaded = sources.load(request.source, progress=progress or no_progress, cancel=cancel, eager=False)
     fmt, meth, options = request.fmt, request.method, request.options
     calib = None
     if not fmt.is_float and (
         request.calibration is not None or meth.needs_calibration or options.keep_sensitive
     ):
         calib = build_calibration(request.calibration or CalibrationSpec(), loaded.tokenizer)
-    # work on a copy so the caller's float model stays usable (cheap for the sizes qtui targets)
+    lazy = loaded.lazy() if streamable(request) else None
+    if lazy is not None:  # from disk to disk, one block in memory at a time
+        return stream.quantize_to_disk(request, loaded, lazy, calib, progress, cancel)
+    # in memory: a model given in memory, or what streaming cannot do (see streamable)
     model = copy.deepcopy(loaded.model)
     report = None
     if fmt.is_float:
@@ -95,7 +105,7 @@ def open_spec(
     fmt = spec.fmt
     if fmt is None or fmt.family == "bf16":
         loaded = _load_source(spec.source, progress, cancel, loaded_cache)
-        model = _copy_model(loaded.model, torch.bfloat16)
+        model = loaded.model_in(torch.bfloat16)  # from disk in bf16, never through float32
         return variant_from_model("bf16", model, loaded.tokenizer, get_format("bf16"), device)
     request = QuantRequest.build(spec.source, fmt, spec.method)
     folder = request.dest
@@ -114,14 +124,10 @@ def _load_source(
     key = source.ref
     if cache is not None and key in cache:
         return cache[key]
-    loaded = sources.load(source, progress=progress or no_progress, cancel=cancel)
+    loaded = sources.load(source, progress=progress or no_progress, cancel=cancel, eager=False)
     if cache is not None:
         cache[key] = loaded
     return loaded
-
-
-def _copy_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    return copy.deepcopy(model).to(dtype)
 
 
 def describe_error(exc: BaseException) -> str:

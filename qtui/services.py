@@ -170,7 +170,7 @@ class EngineService:
 
         with self._lock:
             if ref not in self._loaded_sources:
-                self._loaded_sources[ref] = sources.load(ref, progress=progress, cancel=cancel)
+                self._loaded_sources[ref] = sources.load(ref, progress=progress, cancel=cancel, eager=False)
             return self._loaded_sources[ref]
 
     def quantize_request(

@@ -31,6 +31,8 @@ from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 from engine.quant.layers import QLinear
 from engine.quant.methods import LinearStats, MethodConfig, MethodSpec
 from engine.quant.plan import (
+    IN_MEMORY,
+    BlockIO,
     LayerReport,
     QuantOptions,
     QuantReport,
@@ -182,14 +184,17 @@ def quantize_blocks(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     device: torch.device | str | None = None,
+    io: BlockIO = IN_MEMORY,
 ) -> None:
     device = torch.device(device or "cpu")
     layers = decoder_layers(model)
     total = sum(isinstance(m, nn.Linear) for b in layers for m in b.modules())
+    io.load("model.embed_tokens")  # what the calibration windows go through first
     inputs = capture_inputs(model, ids, options.batch_size, device)
     kept: list[Kept] = []  # min-heap of the most sensitive so far
     done = 0
     for b, block in enumerate(layers):
+        io.load(f"model.layers.{b}")
         dtype = next(block.parameters()).dtype
         block.to(device=device, dtype=torch.float32)
         stats = collect_stats(block, inputs, options.sample_tokens)
@@ -237,6 +242,7 @@ def quantize_blocks(
             if q.bias is not None:
                 q.bias.data = q.bias.data.to("cpu", dtype)
         block.to(device="cpu", dtype=dtype)
+        io.done(f"model.layers.{b}")
     del inputs
     _keep_sensitive(model, kept, options, report)
     if progress:

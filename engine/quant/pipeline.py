@@ -21,9 +21,12 @@ from engine.quant.formats import FormatSpec
 from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.methods import MethodConfig, MethodSpec
 from engine.quant.plan import (
+    IN_MEMORY,
+    BlockIO,
     LayerReport,
     QuantOptions,
     QuantReport,
+    block_prefix,
     decoder_layers,
     hf_model,
     input_transform_of,
@@ -35,6 +38,8 @@ from engine.quant.plan import (
 
 # the pipeline's public names (plan's re-exported)
 __all__ = [
+    "IN_MEMORY",
+    "BlockIO",
     "LayerReport",
     "QuantOptions",
     "QuantReport",
@@ -59,6 +64,7 @@ def quantize_model(
     cancel: threading.Event | None = None,
     calibration: Calibration | None = None,
     device: torch.device | str | None = None,
+    io: BlockIO = IN_MEMORY,
 ) -> QuantReport:
     """Replace the target modules of ``model`` in place with quantized ones.
 
@@ -67,6 +73,8 @@ def quantize_model(
     (token windows) the model is quantized block by block (see
     :func:`engine.quant.blocks.quantize_blocks`), each block moved to ``device``; without it,
     weight by weight, each weight moved to ``device`` and its codes brought back to the CPU.
+    ``io`` says where the weights are: in memory (default), or on disk for a model streamed block
+    by block (``io.load`` before a block, ``io.done`` after it; see :class:`BlockIO`).
     Raises :class:`Cancelled` between layers when ``cancel`` is set; the model is then partly
     quantized and must be discarded (nothing has been written to disk).
     """
@@ -87,13 +95,20 @@ def quantize_model(
     if calibration is not None:
         report.calibration = calibration.describe()
         extra = [(n, m) for n, m in todo if not n.startswith("model.layers.")]
-        quantize_blocks(model, fmt, method, cfg, options, report, calibration.ids, progress, cancel, dev)
+        quantize_blocks(model, fmt, method, cfg, options, report, calibration.ids, progress, cancel, dev, io)
         todo = extra
+    current = ""
     for i, (name, module) in enumerate(todo):
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"quantization cancelled at {name}")
         if progress:
             progress(i, len(todo), name)
+        where = block_prefix(name)
+        if where != current:  # a new block (or a module outside the blocks): its weights in
+            if current.startswith("model.layers."):
+                io.done(current)
+            io.load(where)
+            current = where
         t0 = time.perf_counter()
         weight = module.weight.detach().to(dev, torch.float32)
         qw = method.quantize_weight(weight, fmt, cfg)
@@ -105,6 +120,8 @@ def quantize_model(
             new = QLinear(qw, module.bias, input_transform_of(module))
         set_module(model, name, new)
         report.layers.append(LayerReport(name, qw.shape, fmt.name, time.perf_counter() - t0, rel, sqnr))
+    if current.startswith("model.layers."):
+        io.done(current)
     if method.finalize_model is not None:
         report.block_info.append({"model": "finalize", **method.finalize_model(model, fmt, cfg)})
     report.seconds = time.perf_counter() - start

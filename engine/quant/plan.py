@@ -7,7 +7,7 @@ block) and by the store and size estimates; it imports neither driver, so neithe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast, overload
+from typing import TYPE_CHECKING, Protocol, cast, overload
 
 import torch
 from torch import nn
@@ -120,3 +120,31 @@ def quantized_modules(model: nn.Module) -> dict[str, QLinear | QEmbedding]:
 def input_transform_of(module: nn.Module) -> torch.Tensor | None:
     """The input transform a model-level method put on a Linear (kept when it is quantized)."""
     return getattr(module, "input_transform", None)
+
+
+class BlockIO(Protocol):
+    """Where a model's weights live while it is quantized. :data:`IN_MEMORY`: all in memory
+    already. A model streamed from disk (``engine.stream``) reads a module in :meth:`load` and,
+    for a decoder block, writes and frees it in :meth:`done`, so one block is in memory at a time."""
+
+    def load(self, prefix: str) -> None: ...
+    def done(self, prefix: str) -> None: ...
+
+
+class _InMemory:
+    def load(self, prefix: str) -> None:
+        pass
+
+    def done(self, prefix: str) -> None:
+        pass
+
+
+IN_MEMORY: BlockIO = _InMemory()
+
+
+def block_prefix(name: str) -> str:
+    """``model.layers.3.mlp.up_proj`` -> ``model.layers.3``; a name outside the blocks: itself."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "model" and parts[1] == "layers":
+        return ".".join(parts[:3])
+    return name

@@ -39,7 +39,7 @@ def stored_bytes(model, fmt, options) -> int:
         model.to(fmt.torch_dtype)
     else:
         quantize_model(model, fmt, get_method("rtn"), options=options)
-    tensors, _ = store._state_to_save(model, fmt)
+    tensors, *_ = store._state_to_save(model, fmt)
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 

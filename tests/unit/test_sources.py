@@ -244,4 +244,4 @@ def test_load_truncated_weights(tiny_model, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(SourceError) as info:
         sources.load(str(folder))
-    assert "could not load weights" in str(info.value) and "truncated or corrupt?" in str(info.value)
+    assert "model.safetensors" in str(info.value) and "truncated or corrupt?" in str(info.value)

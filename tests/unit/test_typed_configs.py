@@ -173,6 +173,9 @@ class _Loaded:
     source: object
     content_hash: str = "x"
 
+    def lazy(self) -> None:
+        return None  # in memory: the in-memory pipeline
+
 
 # ------------------------------------------------------------------------------ specs
 def test_spec_grammars():
