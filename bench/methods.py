@@ -1,9 +1,11 @@
-"""Every quantization method x format on the default model: KLD vs bf16, top-1 agreement, time.
+"""Every quantization method x format on a model (the default one unless --model): KLD vs bf16,
+top-1 agreement, time.
 
-python bench/methods.py [--tokens 2048] [--samples 32] [--seq-len 256] [--rows rtn:int4-g64,...]
-                        [--threads 2] [--json OUT]
+python bench/methods.py [--model default|gemma3-270m|SOURCE] [--tokens 2048] [--samples 32]
+                        [--seq-len 256] [--rows rtn:int4-g64,...] [--threads 2] [--json OUT]
 
-Run with QTUI_CACHE_DIR pointing at a cache that holds the default model (nothing downloads).
+Run with QTUI_CACHE_DIR pointing at a cache that holds the model (the built-in ones are fetched and
+converted on first use otherwise).
 Fidelity: engine.evals.fidelity over the first --tokens tokens of WikiText-2 test (windows of 512),
 reference = the same model in bf16; quantized models run on their real kernels (prepare_model).
 Calibration: qtui's built-in set (assets/calibration), --samples x --seq-len tokens.
@@ -70,6 +72,7 @@ def measure_method(loaded, ref, cal, meth_name: str, fmt_name: str, options: Qua
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default", help="default, gemma3-270m or any qtui model source")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    loaded = sources.load(sources.resolve("default"))
+    loaded = sources.load(sources.resolve(args.model))
     tok = loaded.tokenizer
     windows = fidelity.token_windows(tok, WIKI.read_text(), ctx=512, max_tokens=args.tokens)
     base = copy.deepcopy(loaded.model).to(torch.bfloat16).eval()
