@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Protocol, cast, overload
 import torch
 from torch import nn
 
+from engine.errors import QtuiError
+from engine.quant.arch import decoder_blocks
 from engine.quant.formats import FormatSpec
 from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.methods import MethodConfig, MethodSpec
@@ -62,11 +64,9 @@ def hf_model(model: nn.Module) -> PreTrainedModel:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    inner = getattr(model, "model", model)
-    layers: nn.ModuleList | None = getattr(inner, "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__} has no model.layers; unsupported layout")
-    return layers
+    """The decoder blocks (see :func:`engine.quant.arch.decoder_blocks`; a SourceError naming the
+    architecture when the model has none)."""
+    return decoder_blocks(model)
 
 
 def targets(model: nn.Module, options: QuantOptions) -> list[tuple[str, nn.Linear | nn.Embedding]]:
@@ -74,7 +74,13 @@ def targets(model: nn.Module, options: QuantOptions) -> list[tuple[str, nn.Linea
     out: list[tuple[str, nn.Linear | nn.Embedding]] = []
     inner = hf_model(getattr(model, "model", model))
     if options.quantize_embeddings:
-        out.append(("model.embed_tokens", inner.embed_tokens))
+        embed = inner.embed_tokens
+        if type(embed).forward is not nn.Embedding.forward:  # Gemma multiplies by sqrt(hidden)
+            raise QtuiError(
+                f"{type(embed).__name__} is not a plain embedding table (its forward does more); "
+                "quantize without --quantize-embeddings"
+            )
+        out.append(("model.embed_tokens", embed))
     for i, block in enumerate(decoder_layers(model)):
         for name, module in block.named_modules():
             if isinstance(module, nn.Linear):

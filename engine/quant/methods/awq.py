@@ -7,15 +7,22 @@ the calibration token sample wins. ``W`` is multiplied by ``s`` column-wise and 
 into the layer before (an exact rewrite in float), then the weights are rounded to nearest.
 ``alpha = 0`` is RTN itself, so the search never does worse than RTN on the sample.
 
-Scale groups of the Llama / Qwen2 / Qwen3 decoder block (missing modules are skipped):
+Where a scale can fold is discovered per architecture (:mod:`engine.quant.arch`): a norm whose
+output is exactly the input of a group of Linears (traced), and the name-based Linear -> Linear
+pairs. On a Llama / Qwen / Mistral block:
 
 * ``input_layernorm``          -> q_proj, k_proj, v_proj  (Qwen3's q_norm/k_norm come after the
   projections; the folded scale cancels exactly inside q_proj/k_proj, tested)
 * ``self_attn.v_proj``         -> o_proj. With grouped-query attention v_proj has fewer outputs than
   o_proj has inputs (``num_heads / num_kv_heads`` query heads share one value head): the scale is
   averaged over the heads sharing a value head and repeated back, so it folds into v_proj's rows.
-* ``post_attention_layernorm`` -> gate_proj, up_proj
-* ``mlp.up_proj``              -> down_proj
+* ``post_attention_layernorm`` -> gate_proj, up_proj (Gemma: ``pre_feedforward_layernorm``)
+* ``mlp.up_proj``              -> down_proj (Phi-3: the value rows of ``qkv_proj`` -> o_proj, the up
+  half of ``gate_up_proj`` -> down_proj)
+
+Groups with nothing to fold into (OLMo-2's q/k/v and gate/up read the residual stream: its norms come
+after attention and MLP) are left as RTN and listed under ``skipped`` in what ``prepare_block``
+returns.
 """
 
 from __future__ import annotations
@@ -26,55 +33,27 @@ from typing import Literal, cast
 import torch
 from torch import nn
 
+from engine.quant.arch import Fold, fold_plan, fold_scale
 from engine.quant.formats import FormatSpec
 from engine.quant.methods import LinearStats, MethodConfig, MethodSpec, register
 from engine.typed import option
 
-
-@dataclass(frozen=True)
-class ScaleGroup:
-    prev: str  # module whose output is the Linears' input: a norm or a Linear
-    linears: tuple[str, ...]
-
-
-SCALE_GROUPS = (
-    ScaleGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",)),
-    ScaleGroup("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-    ScaleGroup("mlp.up_proj", ("mlp.down_proj",)),
-)
 # how a scale is shared under grouped-query attention: (n_rep, head_dim), or None (not shared)
 Tying = tuple[int, int] | None
 
 
-def _get(block: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return block.get_submodule(name)
-    except AttributeError:
-        return None
-
-
-def present_groups(block: nn.Module, stats: dict[str, LinearStats]) -> list[tuple[ScaleGroup, nn.Module]]:
-    out: list[tuple[ScaleGroup, nn.Module]] = []
-    for group in SCALE_GROUPS:
-        prev = _get(block, group.prev)
-        if prev is None or any(_get(block, n) is None or n not in stats for n in group.linears):
-            continue
-        if getattr(prev, "weight", None) is None:
-            continue
-        out.append((group, prev))
-    return out
-
-
-def head_tying(prev: nn.Module, in_features: int, block: nn.Module) -> Tying | Literal[False]:
+def head_tying(fold: Fold, prev: nn.Module, in_features: int, block: nn.Module) -> Tying | Literal[False]:
     """For a Linear -> Linear pair whose sizes differ (GQA v_proj -> o_proj): (n_rep, head_dim)."""
-    if not isinstance(prev, nn.Linear) or prev.out_features == in_features:
+    if not isinstance(prev, nn.Linear):
         return None
-    attn = _get(block, "self_attn")
-    head_dim = getattr(attn, "head_dim", None)
-    if head_dim is None or in_features % prev.out_features or prev.out_features % head_dim:
+    out = fold.rows[1] if fold.rows else prev.out_features
+    if out == in_features:
+        return None
+    parent = fold.linears[0].rpartition(".")[0]
+    head_dim = getattr(block.get_submodule(parent), "head_dim", None)
+    if head_dim is None or in_features % out or out % head_dim:
         return False  # cannot be folded: skip this group
-    return in_features // prev.out_features, head_dim
+    return in_features // out, head_dim
 
 
 def tie_heads(s: torch.Tensor, tying: Tying) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,20 +63,6 @@ def tie_heads(s: torch.Tensor, tying: Tying) -> tuple[torch.Tensor, torch.Tensor
     n_rep, head_dim = tying
     kv = s.reshape(-1, n_rep, head_dim).mean(dim=1)  # [kv_heads, head_dim]
     return kv.repeat_interleave(n_rep, dim=0).reshape(-1), kv.reshape(-1)
-
-
-@torch.no_grad()
-def fold_scale(prev: nn.Module, linears: list[nn.Linear], s_in: torch.Tensor, s_prev: torch.Tensor) -> None:
-    """Divide ``prev``'s output by ``s_prev`` and multiply the Linears' input columns by ``s_in``."""
-    if isinstance(prev, nn.Linear):
-        prev.weight.div_(s_prev.to(prev.weight.dtype).unsqueeze(1))
-        if prev.bias is not None:
-            prev.bias.div_(s_prev.to(prev.bias.dtype))
-    else:
-        weight = cast(torch.Tensor, prev.weight)  # a norm's scale (present_groups checked it has one)
-        weight.div_(s_prev.to(weight.dtype))
-    for lin in linears:
-        lin.weight.mul_(s_in.to(lin.weight.dtype).unsqueeze(0))
 
 
 def output_error(weights: list[torch.Tensor], s: torch.Tensor, x: torch.Tensor, fmt: FormatSpec) -> float:
@@ -119,12 +84,13 @@ def prepare_block(
 ) -> dict[str, object]:
     n_grid = cfg.n_grid
     chosen: dict[str, str | float] = {}
-    for group, prev in present_groups(block, stats):
-        linears = [cast(nn.Linear, block.get_submodule(n)) for n in group.linears]
-        st = stats[group.linears[0]]
-        tying = head_tying(prev, linears[0].in_features, block)
+    plan = fold_plan(block, stats)
+    for fold, prev in plan.folds:
+        linears = [cast(nn.Linear, block.get_submodule(n)) for n in fold.linears]
+        st = stats[fold.linears[0]]
+        tying = head_tying(fold, prev, linears[0].in_features, block)
         if tying is False:
-            chosen[group.prev] = "skipped (shapes do not fold)"
+            chosen[fold.prev] = "skipped (shapes do not fold)"
             continue
         x = st.sample
         x_mean = st.absmean.clamp(min=1e-6)
@@ -142,10 +108,13 @@ def prepare_block(
         assert best_s is not None  # set at alpha = 0 (any finite error is below inf)
         s_in, s_prev = best_s
         if best_alpha > 0:
-            fold_scale(prev, linears, s_in, s_prev)
+            fold_scale(prev, fold, linears, s_in, s_prev)
             st.scale_inputs(s_in)
-        chosen[group.prev] = round(best_alpha, 3)
-    return {"alpha": chosen}
+        chosen[fold.prev] = round(best_alpha, 3)
+    info: dict[str, object] = {"alpha": chosen}
+    if plan.skipped:
+        info["skipped"] = plan.skipped
+    return info
 
 
 AWQ = register(

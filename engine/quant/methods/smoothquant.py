@@ -6,7 +6,9 @@ channel (``max|W_j|`` over all those Linears' rows), ``X / s`` is folded into th
 ``W * s`` into the Linears. Weights are then rounded to int8 per output channel; at run time the
 ``w8a8`` kernel backend quantizes activations to int8 per token, dynamically, and multiplies
 int8 x int8 -> int32 (see ``engine/quant/layers.py``). o_proj and down_proj are not smoothed (their
-inputs have no norm before them), as in the paper's Llama recipe; they still run W8A8.
+inputs have no norm before them), as in the paper's Llama recipe; they still run W8A8. Which norm
+feeds which Linears is traced per architecture (:mod:`engine.quant.arch`); groups without one (OLMo-2's
+post-norm blocks) are not smoothed and are listed under ``skipped``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import cast
 import torch
 from torch import nn
 
+from engine.quant.arch import fold_plan, fold_scale
 from engine.quant.formats import FormatSpec
 from engine.quant.methods import LinearStats, MethodConfig, MethodSpec, register
-from engine.quant.methods.awq import fold_scale, present_groups
 from engine.typed import option
 
 
@@ -36,18 +38,25 @@ def prepare_block(
 ) -> dict[str, object]:
     alpha = cfg.alpha
     done: list[str] = []
-    for group, prev in present_groups(block, stats):
+    plan = fold_plan(block, stats)
+    for fold, prev in plan.folds:
         if isinstance(prev, nn.Linear):
             continue
-        linears = [cast(nn.Linear, block.get_submodule(n)) for n in group.linears]
-        st = stats[group.linears[0]]
+        linears = [cast(nn.Linear, block.get_submodule(n)) for n in fold.linears]
+        st = stats[fold.linears[0]]
         w_max = torch.stack([lin.weight.detach().abs().float().amax(dim=0) for lin in linears]).amax(dim=0)
         s = st.absmax.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
         s = s.clamp(min=1e-5)
-        fold_scale(prev, linears, s, s)
+        fold_scale(prev, fold, linears, s, s)
         st.scale_inputs(s)
-        done.append(group.prev)
-    return {"smoothed": done, "alpha": alpha}
+        done.append(fold.prev)
+    info: dict[str, object] = {"smoothed": done, "alpha": alpha}
+    # o_proj / down_proj are not smoothed by design (see above): only norm-less groups are news
+    labels = {", ".join(g) for g in plan.linear_groups}
+    skipped = {k: v for k, v in plan.skipped.items() if k not in labels}
+    if skipped:
+        info["skipped"] = skipped
+    return info
 
 
 SMOOTHQUANT = register(
