@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from engine.errors import SourceError
+from engine.quant import arch
 
 if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip)
     from transformers import PretrainedConfig
@@ -198,9 +199,10 @@ def _tied(model: nn.Module) -> dict[str, str]:
 def _rebuild_meta_buffers(model: nn.Module) -> None:
     """Buffers no checkpoint holds (rotary ``inv_freq``): rebuild their module on the CPU."""
     for name, module in list(model.named_modules()):
-        if not any(b.is_meta for b in module.buffers(recurse=False)) or any(
-            p.is_meta for p in module.parameters(recurse=False)
-        ):
+        if not any(b.is_meta for b in module.buffers(recurse=False)):
+            continue
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            arch.restore_buffers(model, module)  # Gemma's embed_scale, beside a weight read later
             continue
         config = getattr(module, "config", None) or getattr(model, "config", None)
         try:

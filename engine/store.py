@@ -29,6 +29,7 @@ from engine import paths, typed
 from engine.errors import Cancelled, StoreError
 from engine.manifest import Manifest
 from engine.progress import ProgressFn
+from engine.quant import arch
 from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.plan import LayerReport, QuantOptions, QuantReport, hf_model, quantized_modules, set_module
@@ -461,6 +462,8 @@ def _rebuild_meta_buffers(model: nn.Module, folder: Path) -> None:
         try:
             fresh = type(module)(config=config)
         except TypeError as exc:
+            if arch.restore_buffers(model, module):  # not config-built (Gemma's scaled embeddings)
+                continue
             raise StoreError(f"{folder}: cannot rebuild {name} ({type(module).__name__}): {exc}") from exc
         set_module(model, name, fresh)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
