@@ -44,6 +44,33 @@ ARCHS = {
     "llama": dict(hidden_size=96, intermediate_size=160, tie_word_embeddings=False),
     "qwen2": dict(hidden_size=64, intermediate_size=192, tie_word_embeddings=True),
     "qwen3": dict(hidden_size=64, intermediate_size=160, head_dim=16, tie_word_embeddings=False),
+    # the families discovered by engine.quant.arch (tests/unit/test_arch.py): sliding windows
+    # shorter than the test inputs, Gemma's (1 + w) norms, soft-capping and pre/post-feedforward
+    # norms, Phi-3's fused qkv_proj / gate_up_proj, Granite's multipliers, OLMo-2's post-norms
+    "mistral": dict(hidden_size=64, intermediate_size=128, sliding_window=8, tie_word_embeddings=False),
+    "gemma2": dict(
+        hidden_size=64, intermediate_size=128, head_dim=16, query_pre_attn_scalar=16, sliding_window=8
+    ),
+    "gemma3_text": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
+    "phi3": dict(hidden_size=64, intermediate_size=128, tie_word_embeddings=False),
+    "smollm3": dict(hidden_size=64, intermediate_size=128, tie_word_embeddings=True),
+    "granite": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        embedding_multiplier=4.0,
+        residual_multiplier=0.5,
+        attention_multiplier=0.25,
+        logits_scaling=2.0,
+        tie_word_embeddings=True,
+    ),
+    "olmo2": dict(hidden_size=64, intermediate_size=128, tie_word_embeddings=False),
 }
 
 
@@ -77,13 +104,13 @@ def build_tokenizer():
 
 
 def build_model(arch: str, seed: int = 0, tie: bool | None = None):
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
     kwargs = dict(ARCHS[arch])
     if tie is not None:
         kwargs["tie_word_embeddings"] = tie
-    config = cls(
+    config = AutoConfig.for_model(
+        arch,
         vocab_size=VOCAB_SIZE,
         num_hidden_layers=2,
         num_attention_heads=4,
