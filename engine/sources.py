@@ -346,7 +346,7 @@ def _check_folder(path: Path) -> None:
     except Exception as exc:  # an unknown model_type, or a config transformers cannot parse
         raise SourceError(
             f"{path}: architecture {model_type!r} is not supported: transformers cannot read its config "
-            f"({_short(exc)}) (qtui is tested with {', '.join(TESTED_MODEL_TYPES)})"
+            f"({_short(exc).split('. ')[0]}) (qtui is tested with {', '.join(TESTED_MODEL_TYPES)})"
         ) from exc
     check_supported(config, str(path))
 

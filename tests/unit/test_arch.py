@@ -258,3 +258,23 @@ def test_scaled_embeddings_are_not_quantized_silently():
     with pytest.raises(QtuiError, match=r"Gemma2TextScaledWordEmbedding is not a plain embedding table"):
         targets(build_model("gemma2"), QuantOptions(quantize_embeddings=True))
     assert targets(build_model("llama"), QuantOptions(quantize_embeddings=True))[0][0] == "model.embed_tokens"
+
+
+def test_resolving_a_folder_checks_untested_families_by_discovery(tmp_path):
+    import json
+
+    def folder(name, config):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+        (path / "model.safetensors").write_bytes(b"\0" * 16)
+        return str(path)
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    assert sources.resolve(folder("olmo", {"model_type": "olmo", **small})).kind == "folder"
+    with pytest.raises(SourceError) as info:
+        sources.resolve(folder("foo", {"model_type": "foo"}))
+    msg = str(info.value)
+    assert (
+        "\n" not in msg and "architecture 'foo' is not supported: transformers cannot read its config" in msg
+    )
