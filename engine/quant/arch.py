@@ -90,7 +90,7 @@ def skeleton(config: Any) -> nn.Module:
     cfg = copy.deepcopy(config)
     with torch.device("meta"):
         model: nn.Module = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    return model
+    return model.eval()
 
 
 def check_config(config: Any) -> None:
@@ -188,7 +188,8 @@ def _trace_blocks(model: nn.Module) -> list[Layout]:
     block_in: dict[int, torch.Tensor] = {}
 
     def on_output(key: str, out: object) -> None:
-        if isinstance(out, torch.Tensor):
+        # the first module to return a tensor made it (an eval-mode dropout hands its input back)
+        if isinstance(out, torch.Tensor) and id(out) not in produced:
             produced[id(out)] = key
             mode.watch(out)
 
