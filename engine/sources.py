@@ -185,7 +185,8 @@ def _pip_download(
             if done.returncode == 0:
                 return dest / wheel_file
             lines = done.stdout.splitlines() + done.stderr.splitlines()
-        tail = " / ".join(ln for ln in lines[-3:] if ln)
+        errors = [ln for ln in lines if ln and not ln.startswith("WARNING:")] or lines
+        tail = " / ".join(ln for ln in errors[-2:] if ln)
         raise SourceError(
             f"could not download {what} ({spec}) from PyPI: {tail}. Check the network, or {hint}."
         )
