@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engine import devices, sources, store, typed
+from engine import budget, devices, sources, store, typed
 from engine.quant.calibration import CalibrationSpec
 from engine.quant.formats import FormatSpec, get_format
 from engine.quant.methods import MethodConfig, MethodSpec, get_method
@@ -31,6 +31,7 @@ class QuantRequest:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     out: Path | None = None  # None: the data folder, named by format, method and options
     overwrite: bool = False
+    max_memory: int | None = None  # bytes the run may use; None: what is free now, less headroom
 
     @classmethod
     def build(
@@ -44,6 +45,7 @@ class QuantRequest:
         device: str | torch.device | None = "cpu",
         out: str | Path | None = None,
         overwrite: bool = False,
+        max_memory: str | int | None = None,
     ) -> QuantRequest:
         """Parse and check every part; ``params`` is ``{"KEY": "VALUE"}``, ``"KEY=VALUE ..."`` or a
         config; ``calibration`` a spec or ``SOURCE[:SAMPLESxSEQ_LEN]``."""
@@ -67,6 +69,7 @@ class QuantRequest:
             devices.resolve(device, "quantizing"),
             Path(out).expanduser() if out else None,
             overwrite,
+            budget.parse_bytes(max_memory) if isinstance(max_memory, str) else max_memory,
         )
 
     @property

@@ -9,6 +9,7 @@ cache: transformers' GGUF reader takes ~12-15 s for SmolLM2-135M, the converted 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -30,6 +31,8 @@ from engine.progress import ProgressFn
 if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): Any to it
     import torch
     from transformers import PreTrainedTokenizerBase
+
+    from engine.lazy import LazyModel
 
 # families with tiny random-weight models in tests/unit/test_arch.py; any other decoder is accepted
 # when engine.quant.arch finds its blocks and Linears on a meta skeleton of its config
@@ -474,13 +477,72 @@ def source_hash(source: ModelSource, folder: Path) -> str:
     return content_hash(folder)
 
 
-@dataclass
 class LoadedSource:
-    source: ModelSource
-    folder: Path
-    model: torch.nn.Module  # a transformers PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    content_hash: str
+    """A source model ready to quantize or run: its folder, tokenizer and content hash; the float
+    weights themselves are read only when asked for. :meth:`lazy` gives a view that reads one
+    module at a time (what quantizing uses, in bounded memory); :attr:`model` loads the whole
+    model in float32 on first use (kept), :meth:`model_in` in a given dtype (not kept)."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        folder: Path,
+        model: torch.nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        content_hash: str = "",
+    ) -> None:
+        self.source = source
+        self.folder = Path(folder)
+        self._model = model  # given in memory (tests, callers that built it) or loaded once
+        self.given_in_memory = model is not None
+        if tokenizer is None:
+            tokenizer = _tokenizer(self.folder)
+        self.tokenizer: PreTrainedTokenizerBase = tokenizer
+        self.content_hash = content_hash
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The whole model in float32 (loaded on first use and kept)."""
+        import torch
+
+        if self._model is None:
+            self._model = self.model_in(torch.float32)
+        return self._model
+
+    def model_in(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The whole model in ``dtype`` straight from disk (a 16-bit copy never passes through float32)."""
+        if self._model is not None:
+            return copy.deepcopy(self._model).to(dtype)
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(self.folder, dtype=dtype)
+        except Exception as exc:
+            raise SourceError(
+                f"could not load weights from {self.folder} (truncated or corrupt?): {_short(exc)}"
+            ) from exc
+        return model.eval()
+
+    def lazy(self) -> LazyModel | None:
+        """A view that reads one module at a time, or None when the weights are not safetensors
+        on disk (a model given in memory, a .bin checkpoint)."""
+        from transformers import AutoConfig
+
+        from engine.lazy import LazyModel
+
+        if self.given_in_memory or not any(self.folder.glob("*.safetensors")):
+            return None
+        return LazyModel(self.folder, AutoConfig.from_pretrained(self.folder))
+
+
+def _tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:
+        raise SourceError(f"could not load the tokenizer from {folder}: {_short(exc)}") from exc
+    return tokenizer
 
 
 def load(
@@ -489,10 +551,14 @@ def load(
     device: str = "cpu",
     progress: ProgressFn = _noop,
     cancel: threading.Event | None = None,
+    eager: bool = True,
 ) -> LoadedSource:
-    """Load a source model with transformers (float32 by default, for quantizing from)."""
+    """Open a source model: fetch or convert it when needed, check its config and weights, load
+    its tokenizer. ``eager`` also loads the whole model (float32 by default) as before; with
+    ``eager=False`` the weights stay on disk until :meth:`LoadedSource.lazy` or ``.model`` reads
+    them (quantizing in bounded memory)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # qtui reports its own progress
@@ -505,16 +571,17 @@ def load(
     except Exception as exc:
         raise SourceError(f"{folder}: cannot read config.json: {_short(exc)}") from exc
     check_supported(config, str(folder))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except Exception as exc:
-        raise SourceError(
-            f"could not load weights from {folder} (truncated or corrupt?): {_short(exc)}"
-        ) from exc
-    model.to(device).eval()
+    if any(folder.glob("*.safetensors")):
+        from engine.lazy import WeightIndex
+
+        WeightIndex(folder)  # every shard there, whole, and every indexed tensor in its shard
+    loaded = LoadedSource(source, folder, None, _tokenizer(folder), source_hash(source, folder))
+    if eager:
+        model = loaded.model_in(dtype or torch.float32)
+        model.to(device)
+        loaded._model = model
     progress(1, 1, f"loaded {source.label}")
-    return LoadedSource(source, folder, model, tokenizer, source_hash(source, folder))
+    return loaded
 
 
 def _short(exc: BaseException) -> str:

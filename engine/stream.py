@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from engine import store
+from engine import budget, store
 from engine.lazy import LazyModel
 from engine.progress import ProgressFn
 from engine.quant.calibration import Calibration
@@ -75,7 +75,7 @@ def quantize_to_disk(
     model = lazy.model
     info = {"id": loaded.source.ref, "kind": loaded.source.kind, "label": loaded.source.label,
             "hash": loaded.content_hash}  # fmt: skip
-    with store.VariantWriter(request.dest, fmt, request.overwrite) as writer:
+    with store.VariantWriter(request.dest, fmt, request.overwrite, budget.SHARD_BYTES) as writer:
         report = None
         if fmt.is_float:
             layers = decoder_layers(model)

@@ -9,13 +9,15 @@ A SPEC is one of
 
 from __future__ import annotations
 
-import copy
 import threading
+from pathlib import Path
 
 import torch
+from torch import nn
 
-from engine import sources, store, stream
+from engine import budget, sources, store, stream
 from engine.errors import Cancelled, QtuiError
+from engine.lazy import LazyModel
 from engine.progress import ProgressFn, no_progress
 from engine.quant.calibration import CalibrationSpec
 from engine.quant.calibration import build as build_calibration
@@ -32,6 +34,36 @@ def streamable(request: QuantRequest) -> bool:
     a model-level step (``prepare_model`` / ``finalize_model`` see the whole model)."""
     meth = request.method
     return not request.options.keep_sensitive and meth.prepare_model is None and meth.finalize_model is None
+
+
+def estimate_memory(
+    request: QuantRequest, loaded: sources.LoadedSource, lazy: LazyModel | None = None
+) -> budget.MemoryEstimate:
+    """The peak memory this request will need (see :mod:`engine.budget`), from shapes alone."""
+    fmt, meth, options = request.fmt, request.method, request.options
+    calibrated = not fmt.is_float and (
+        request.calibration is not None or meth.needs_calibration or options.keep_sensitive > 0
+    )
+    calib = (request.calibration or CalibrationSpec()) if calibrated else None
+    if lazy is not None:
+        skeleton: nn.Module = lazy.model
+        stored = max(dtype.itemsize for dtype, _ in lazy.index.info.values())
+    elif loaded.given_in_memory:
+        skeleton, stored = loaded.model, 4
+    else:
+        skeleton, stored = _skeleton(loaded.folder), 4
+    return budget.estimate(
+        skeleton, stored, calib, streaming=lazy is not None, gptq=meth.name == "gptq",
+        batch_size=options.batch_size, sample_tokens=options.sample_tokens,
+    )  # fmt: skip
+
+
+def _skeleton(folder: Path) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model: nn.Module = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    return model
 
 
 def quantize_and_save(
@@ -56,10 +88,15 @@ def quantize_and_save(
     ):
         calib = build_calibration(request.calibration or CalibrationSpec(), loaded.tokenizer)
     lazy = loaded.lazy() if streamable(request) else None
+    est = estimate_memory(request, loaded, lazy)
+    budget.check(est, request.max_memory or budget.default_budget())
+    if progress:
+        progress(0, 0, f"memory: {est.describe()}")
     if lazy is not None:  # from disk to disk, one block in memory at a time
         return stream.quantize_to_disk(request, loaded, lazy, calib, progress, cancel)
-    # in memory: a model given in memory, or what streaming cannot do (see streamable)
-    model = copy.deepcopy(loaded.model)
+    # in memory: a model given in memory, or what streaming cannot do (see streamable); the
+    # caller's float model stays usable (a copy), a model on disk is read once in float32
+    model = loaded.model_in(torch.float32)
     report = None
     if fmt.is_float:
         model.to(fmt.torch_dtype)

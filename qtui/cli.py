@@ -77,11 +77,19 @@ def quantize_request(args):
         args.device,
         args.out,
         overwrite=args.force,
+        max_memory=args.max_memory,
     )
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (the kernel's count, ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def cmd_quantize(args) -> int:
-    from engine import store, typed, variants
+    from engine import budget, sources, store, typed, variants
 
     request = quantize_request(args)
     if (request.dest / store.MANIFEST).exists() and not args.force:
@@ -91,7 +99,13 @@ def cmd_quantize(args) -> int:
     cancel = threading.Event()
     t0 = time.monotonic()
     try:
-        saved = variants.quantize_and_save(request, bar, cancel)
+        loaded = sources.load(request.source, progress=bar, cancel=cancel, eager=False)
+        est = variants.estimate_memory(
+            request, loaded, loaded.lazy() if variants.streamable(request) else None
+        )
+        limit = request.max_memory or budget.default_budget()
+        print(f"memory: {est.describe()}; budget {_human(limit)}", file=sys.stderr)
+        saved = variants.quantize_and_save(request, bar, cancel, loaded=loaded)
     finally:
         bar.close()
     m, report = saved.manifest, saved.report
@@ -101,6 +115,7 @@ def cmd_quantize(args) -> int:
         f"  {_human(m.bytes_on_disk)} on disk, {m.bits_per_weight} bits/weight "
         f"in quantized tensors, {time.monotonic() - t0:.1f} s on {request.device}"
     )
+    print(f"  peak RSS {_human(peak_rss_bytes())} (estimated {_human(est.total)})")
     if report and report.layers:
         worst = max(report.layers, key=lambda r: r.weight_rel_error)
         print(
@@ -323,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--sensitive-bits", type=int, choices=(8, 16), default=8, help="8 (int8) or 16 (bf16)")
     q.add_argument("--device", default="cpu", help="where to quantize: cpu (default), cuda, cuda:N or auto")
+    q.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory the run may use, e.g. 6GB (default: what is free now, less 10%%); "
+        "qtui estimates the peak first and refuses a run that cannot fit",
+    )
     q.add_argument("--out", help="variant folder (default: the data folder)")
     q.add_argument("--quantize-embeddings", action="store_true", help="also quantize the token embeddings")
     q.add_argument("--quantize-head", action="store_true", help="also quantize the LM head")

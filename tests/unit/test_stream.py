@@ -144,3 +144,53 @@ def test_a_weight_the_model_needs_is_in_no_shard(tiny_model, tmp_path):
     del tensors["model.layers.1.mlp.down_proj.weight"]
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     _expect_clean_failure(folder, tmp_path, "lack 1 tensor.*model.layers.1.mlp.down_proj.weight")
+
+
+# ------------------------------------------------------------------------------ memory budget
+def test_budget_too_small_for_one_block_is_refused_before_anything_is_written(tiny_model, tmp_path, capsys):
+    from qtui import cli
+
+    _saved_source(tiny_model, tmp_path / "src", "llama")
+    out = tmp_path / "v"
+    code = cli.main(
+        ["quantize", str(tmp_path / "src"), "--format", "int4", "--max-memory", "1MB", "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "memory budget is 1.0 MB" in err and "--max-memory" in err
+    assert "Traceback" not in err and not out.exists() and not list(tmp_path.glob(".v.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "text, expected", [("6GB", 6e9), ("512 MiB", 512 << 20), ("1.5g", 1.5e9), ("2000", 2000)]
+)
+def test_parse_bytes(text, expected):
+    from engine import budget
+
+    assert budget.parse_bytes(text) == int(expected)
+
+
+@pytest.mark.parametrize("text", ["6XB", "", "-1GB", "0"])
+def test_parse_bytes_rejects(text):
+    from engine import budget
+
+    with pytest.raises(budget.BudgetError):
+        budget.parse_bytes(text)
+
+
+def test_estimate_of_a_qwen3_4b_shape_is_one_block_not_the_model():
+    """From the config alone (meta tensors): streaming needs one block, memory the whole model."""
+    from transformers import AutoModelForCausalLM
+
+    from engine import budget
+    from engine.quant.calibration import CalibrationSpec
+    from engine.shapes import SHAPES
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(SHAPES["qwen3-4b"].config())
+    rtn = budget.estimate(model, 2, None, streaming=True)
+    gptq = budget.estimate(model, 2, CalibrationSpec(), streaming=True, gptq=True)
+    whole = budget.estimate(model, 2, None, streaming=False)
+    block = sum(p.numel() for p in model.model.layers[0].parameters()) * 4
+    assert rtn.block == block and 350e6 < block < 450e6  # ~100M parameters a block
+    assert rtn.total - rtn.process < 2.0e9 and gptq.total - gptq.process < 3.5e9
+    assert whole.block > 30 * block

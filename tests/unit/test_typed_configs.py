@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine import devices, specs, typed
+from engine import devices, sources, specs, typed
 from engine.errors import QtuiError
 from engine.quant.formats import get_format
 from engine.quant.methods import MethodConfig, MethodSpec, get_method, list_methods
@@ -160,21 +160,10 @@ def test_device_reaches_the_quantizer(tiny_model, monkeypatch):
     monkeypatch.setattr(variants, "quantize_model", spy)
     model, tok = tiny_model("llama")
     req = QuantRequest.build("default", "int4", device="cpu", out="/nonexistent")
-    loaded = _Loaded(model, tok, req.source)
+    loaded = sources.LoadedSource(req.source, req.source.path, model, tok, "x")
     monkeypatch.setattr(variants.store, "save_variant", lambda *a, **k: a[6])  # the report
     report = variants.quantize_and_save(req, loaded=loaded)
     assert seen["device"] == torch.device("cpu") and report.device == "cpu"
-
-
-@dataclass
-class _Loaded:
-    model: nn.Module
-    tokenizer: object
-    source: object
-    content_hash: str = "x"
-
-    def lazy(self) -> None:
-        return None  # in memory: the in-memory pipeline
 
 
 # ------------------------------------------------------------------------------ specs
