@@ -262,6 +262,7 @@ class QtuiApp(App):
 
         job.status, job.started = "running", time.monotonic()
         try:
+            job.estimate = self.service.memory_estimate(job.request, job.progress, job.cancel)
             info = self.service.quantize(job.request, job.progress, job.cancel)
         except Cancelled:
             job.status = "cancelled"

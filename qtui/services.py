@@ -190,6 +190,14 @@ class EngineService:
             source_ref, fmt, method, params, calibration or None, device=device, overwrite=True
         )
 
+    def memory_estimate(self, request: QuantRequest, progress: ProgressFn, cancel: threading.Event) -> int:
+        """Bytes the job will need at its peak (engine.budget), from the model's shapes alone."""
+        from engine import variants
+
+        loaded = self._source(request.source.ref, progress, cancel)
+        lazy = loaded.lazy() if variants.streamable(request) else None
+        return variants.estimate_memory(request, loaded, lazy).total
+
     def quantize(self, request: QuantRequest, progress: ProgressFn, cancel: threading.Event) -> VariantInfo:
         from engine import variants
 

@@ -15,7 +15,7 @@ from typing import Literal
 from engine import typed
 from engine.progress import Progress, ProgressClock
 from engine.request import QuantRequest
-from engine.telemetry import RingBuffer
+from engine.telemetry import RingBuffer, rss_bytes
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
@@ -32,6 +32,8 @@ class QuantJob:
     finished: float = 0.0
     error: str = ""
     bytes_on_disk: int = 0
+    estimate: int = 0  # peak memory the engine estimated for the job (bytes; 0 until known)
+    peak_rss: int = 0  # the process's largest RSS seen while the job ran
     then_load: bool = False  # load into chat when done (start-up formats)
     cancel: threading.Event = field(default_factory=threading.Event)
     clock: ProgressClock = field(default_factory=ProgressClock, repr=False)
@@ -80,6 +82,7 @@ class QuantJob:
 
     def progress(self, done: int, total: int, text: str) -> None:
         self.progress_now = self.clock(done, total, text)
+        self.peak_rss = max(self.peak_rss, rss_bytes())
 
 
 @dataclass

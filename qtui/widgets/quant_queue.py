@@ -37,7 +37,9 @@ class QuantRow(Horizontal, can_focus=True):
         elif job.status == "running":
             eta = f", eta {job.eta:.0f}s" if job.eta is not None else ""
             where = "" if job.request.device.type == "cpu" else f" on {job.request.device}"
-            info.update(f"{job.text}  {job.elapsed:.1f}s{eta}{where}")
+            mem = f"  mem {human_bytes(job.peak_rss)}" if job.peak_rss else ""
+            mem += f" (est. {human_bytes(job.estimate)})" if job.estimate else ""
+            info.update(f"{job.text}  {job.elapsed:.1f}s{eta}{where}{mem}")
         elif job.status == "done":
             info.update(f"done in {job.elapsed:.1f}s, {human_bytes(job.bytes_on_disk)}")
             bar.update(total=1, progress=1)

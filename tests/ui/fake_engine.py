@@ -96,6 +96,9 @@ class FakeService:
             source_ref, fmt, method, params, calibration or None, device=device, overwrite=True
         )
 
+    def memory_estimate(self, request, progress, cancel):
+        return 1_900_000_000  # a fixed figure: the screen shows it beside the live peak
+
     def quantize(self, request, progress, cancel):
         from engine import typed
 

@@ -93,6 +93,21 @@ async def test_cancelling_a_quantization_leaves_no_variant(fake, settings):
         assert other.status == "cancelled" and list(fake.saved) == ["int8-rtn"]
 
 
+async def test_running_job_shows_memory_estimate_and_live_peak(fake, settings):
+    fake.layer_delay = 0.2
+    app = QtuiApp(service=fake, settings=settings, autoload=False)
+    async with app.run_test(size=SIZE) as pilot:
+        job = app.enqueue_quantize(fake.quantize_request("default", "int8", "rtn"))
+        app.switch_to("quantize")
+        await until(pilot, lambda: job.status == "running" and job.done > 0)
+        assert job.estimate == 1_900_000_000 and job.peak_rss > 0
+        await until(pilot, lambda: "(est. 1.9 GB)" in str(app.screen.query_one(".job-info").render()))
+        text = str(app.screen.query_one(".job-info").render())
+        assert "mem " in text
+        job.cancel.set()
+        await until(pilot, lambda: job.status == "cancelled")
+
+
 async def test_failing_quantization_becomes_a_notification_and_the_app_carries_on(fake, settings):
     fake.fail_formats = ("int2-g64",)
     app = QtuiApp(service=fake, settings=settings, autoload=False)
