@@ -20,7 +20,7 @@ import heapq
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,18 +53,27 @@ class _Stop(Exception):
     pass
 
 
-class _Catcher(nn.Module):
-    def __init__(self, inner: nn.Module, store: list[BlockInput]):
+class _Recorder(nn.Module):
+    """Stands in for decoder block ``index`` while the inputs are captured: keeps the keyword
+    arguments the model passes to that block (models mixing sliding-window and full attention,
+    Gemma-2/3, give each block its own mask and rotary embeddings), passes the hidden states through
+    untouched, and ends the forward pass after the last block. Block 0 also keeps the hidden states."""
+
+    def __init__(self, inner: nn.Module, index: int, last: bool, hidden: list[torch.Tensor],
+                 kwargs: list[dict[str, Any]]) -> None:  # fmt: skip
         super().__init__()
-        self.inner = inner
-        self.store = store
+        self.inner, self.index, self.last = inner, index, last
+        self.hidden, self.kwargs = hidden, kwargs
         self.attention_type = getattr(inner, "attention_type", "full_attention")
 
-    def forward(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        kw = {k: v for k, v in kwargs.items() if k not in _DROP}
-        self.store.append((hidden.detach(), kw))
-        raise _Stop
+        if self.index == 0:
+            self.hidden.append(hidden.detach())
+        self.kwargs.append({k: v for k, v in kwargs.items() if k not in _DROP})
+        if self.last:
+            raise _Stop
+        return hidden  # type: ignore[no-any-return]
 
 
 def _cast(obj: object, device: torch.device | str, dtype: torch.dtype = torch.float32) -> object:
@@ -80,14 +89,17 @@ def _cast(obj: object, device: torch.device | str, dtype: torch.dtype = torch.fl
 @torch.no_grad()
 def capture_inputs(
     model: nn.Module, ids: torch.Tensor, batch_size: int, device: torch.device | str
-) -> list[BlockInput]:
-    """(hidden states, kwargs) that the first decoder block receives, one pair per batch."""
+) -> tuple[list[BlockInput], list[list[dict[str, Any]]]]:
+    """(hidden states, kwargs) that the first decoder block receives, one pair per batch, and
+    for every block the kwargs the model passes it, per batch (see :class:`_Recorder`)."""
     layers = decoder_layers(model)
     inner = getattr(model, "model", model)
-    first = layers[0]
-    captured: list[BlockInput] = []
-    layers[0] = _Catcher(first, captured)
-    small = [m for m in (getattr(inner, "embed_tokens", None), getattr(inner, "rotary_emb", None)) if m]
+    originals = list(layers)
+    hidden: list[torch.Tensor] = []
+    per_block: list[list[dict[str, Any]]] = [[] for _ in originals]
+    for i, layer in enumerate(originals):
+        layers[i] = _Recorder(layer, i, i == len(originals) - 1, hidden, per_block[i])
+    small = [m for name, m in inner.named_children() if "embed" in name or "rotary" in name]
     for m in small:
         m.to(device)
     try:
@@ -97,10 +109,20 @@ def capture_inputs(
             except _Stop:
                 pass
     finally:
-        layers[0] = first
+        for i, layer in enumerate(originals):
+            layers[i] = layer
         for m in small:
             m.to("cpu")
-    return [(h.to(device, torch.float32), {k: _cast(v, device) for k, v in kw.items()}) for h, kw in captured]
+    cast: dict[int, object] = {}  # a mask or rotary tensor shared by blocks is moved once
+
+    def moved(v: object) -> object:
+        if id(v) not in cast:
+            cast[id(v)] = _cast(v, device)
+        return cast[id(v)]
+
+    kwargs = [[{k: moved(v) for k, v in kw.items()} for kw in block] for block in per_block]
+    inputs = [(h.to(device, torch.float32), kw) for h, kw in zip(hidden, kwargs[0], strict=True)]
+    return inputs, kwargs
 
 
 def _jobs(
@@ -190,10 +212,11 @@ def quantize_blocks(
     layers = decoder_layers(model)
     total = sum(isinstance(m, nn.Linear) for b in layers for m in b.modules())
     io.load("model.embed_tokens")  # what the calibration windows go through first
-    inputs = capture_inputs(model, ids, options.batch_size, device)
+    inputs, block_kwargs = capture_inputs(model, ids, options.batch_size, device)
     kept: list[Kept] = []  # min-heap of the most sensitive so far
     done = 0
     for b, block in enumerate(layers):
+        inputs = [(h, kw) for (h, _), kw in zip(inputs, block_kwargs[b], strict=True)]
         io.load(f"model.layers.{b}")
         dtype = next(block.parameters()).dtype
         block.to(device=device, dtype=torch.float32)
@@ -231,7 +254,8 @@ def quantize_blocks(
                     elif out > kept[0][0]:
                         heapq.heapreplace(kept, item)
                 done += 1
-        del stats
+        # the float Linears and their weights go now, not when the next block replaces the names
+        del stats, linears, job, weights, whole, module, w
         qlinears = [m for m in block.modules() if isinstance(m, QLinear)]
         for q in qlinears:
             q.prepare(device, torch.float32, "dense")
@@ -243,7 +267,7 @@ def quantize_blocks(
                 q.bias.data = q.bias.data.to("cpu", dtype)
         block.to(device="cpu", dtype=dtype)
         io.done(f"model.layers.{b}")
-    del inputs
+    del inputs, block_kwargs
     _keep_sensitive(model, kept, options, report)
     if progress:
         progress(total, total, "blocks done")

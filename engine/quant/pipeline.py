@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -91,14 +92,15 @@ def quantize_model(
     start = time.perf_counter()
     if method.prepare_model is not None:
         report.block_info.append({"model": "prepare", **method.prepare_model(model, fmt, cfg)})
-    todo = targets(model, options)
+    # names only: a list of the modules would keep every replaced float Linear (and its weights)
+    # alive until the end, which defeats reading the model one block at a time
+    todo = [name for name, _ in targets(model, options)]
     if calibration is not None:
         report.calibration = calibration.describe()
-        extra = [(n, m) for n, m in todo if not n.startswith("model.layers.")]
+        todo = [n for n in todo if not n.startswith("model.layers.")]
         quantize_blocks(model, fmt, method, cfg, options, report, calibration.ids, progress, cancel, dev, io)
-        todo = extra
     current = ""
-    for i, (name, module) in enumerate(todo):
+    for i, name in enumerate(todo):
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"quantization cancelled at {name}")
         if progress:
@@ -110,6 +112,7 @@ def quantize_model(
             io.load(where)
             current = where
         t0 = time.perf_counter()
+        module = cast("nn.Linear | nn.Embedding", model.get_submodule(name))
         weight = module.weight.detach().to(dev, torch.float32)
         qw = method.quantize_weight(weight, fmt, cfg)
         rel, sqnr, _ = weight_errors(weight, qw.dequantize(torch.float32))
@@ -119,6 +122,7 @@ def quantize_model(
         else:
             new = QLinear(qw, module.bias, input_transform_of(module))
         set_module(model, name, new)
+        del module, weight
         report.layers.append(LayerReport(name, qw.shape, fmt.name, time.perf_counter() - t0, rel, sqnr))
     if current.startswith("model.layers."):
         io.done(current)

@@ -79,7 +79,7 @@ def hidden(out):
 
 
 def first_block_stats(model, calib):
-    inputs = capture_inputs(model, calib.ids, 2, "cpu")
+    inputs, _ = capture_inputs(model, calib.ids, 2, "cpu")
     block = decoder_layers(model)[0]
     return block, collect_stats(block, inputs, 64)
 
@@ -183,8 +183,9 @@ def test_every_fold_with_random_scales_keeps_the_logits(family, calib):
     ref = logits(model)
     folded = copy.deepcopy(model)
     g = torch.Generator().manual_seed(2)
-    inputs = capture_inputs(folded, calib.ids, 2, "cpu")
-    for block in decoder_layers(folded):
+    inputs, per_block = capture_inputs(folded, calib.ids, 2, "cpu")
+    for b, block in enumerate(decoder_layers(folded)):
+        inputs = [(h, kw) for (h, _), kw in zip(inputs, per_block[b], strict=True)]
         stats = collect_stats(block, inputs, 16)
         for fold, prev in arch.fold_plan(block, stats).folds:
             linears = [block.get_submodule(n) for n in fold.linears]
@@ -209,10 +210,11 @@ def test_awq_and_smoothquant_fold_exactly(family, method, calib):
     spec = get_method(method)
     cfg = spec.configure({"n_grid": 4} if method == "awq" else None)
     fmt = get_format("w8a8" if method == "smoothquant" else "int4-g32")
-    inputs = capture_inputs(model, calib.ids, 2, "cpu")
+    inputs, per_block = capture_inputs(model, calib.ids, 2, "cpu")
     infos = []
     with torch.no_grad():
-        for block in decoder_layers(model):
+        for b, block in enumerate(decoder_layers(model)):
+            inputs = [(h, kw) for (h, _), kw in zip(inputs, per_block[b], strict=True)]
             infos.append(spec.prepare_block(block, collect_stats(block, inputs, 32), fmt, cfg))
             inputs = [(hidden(block(h, **kw)), kw) for h, kw in inputs]
     out = logits(model)
@@ -278,3 +280,22 @@ def test_resolving_a_folder_checks_untested_families_by_discovery(tmp_path):
     assert (
         "\n" not in msg and "architecture 'foo' is not supported: transformers cannot read its config" in msg
     )
+
+
+def test_each_block_is_captured_with_its_own_mask_and_rotary(calib):
+    """Gemma-3 mixes sliding-window and full attention: block 1 (full) must not be calibrated
+    with block 0's sliding-window mask or local rotary embeddings."""
+    model = build_model("gemma3_text")
+    _, per_block = capture_inputs(model, calib.ids, 2, "cpu")
+    assert model.config.layer_types[:2] == ["sliding_attention", "full_attention"]
+    first, second = per_block[0][0], per_block[1][0]
+
+    def same(a, b) -> bool:
+        if isinstance(a, tuple) and isinstance(b, tuple):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            return a.shape == b.shape and torch.equal(a, b)
+        return a is b
+
+    assert not all(same(first[k], second[k]) for k in first), "full and sliding blocks got the same kwargs"
+    assert first["attention_mask"] is not None and second["attention_mask"] is None  # sliding mask vs causal

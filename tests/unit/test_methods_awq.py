@@ -34,7 +34,7 @@ def _calib(tok):
 def test_folded_scales_keep_the_block_output(tiny_model, arch):
     model, tok = tiny_model(arch)
     model = with_outliers(copy.deepcopy(model))
-    inputs = capture_inputs(model, _calib(tok).ids, 4, "cpu")
+    inputs, _ = capture_inputs(model, _calib(tok).ids, 4, "cpu")
     block = decoder_layers(model)[0]
     with torch.no_grad():
         before = block(inputs[0][0], **inputs[0][1])

@@ -51,7 +51,8 @@ def test_capture_gets_what_the_first_block_receives(tiny_model):
     with torch.no_grad():
         model(ids[:2])
     hook.remove()
-    captured = capture_inputs(model, ids, 2, "cpu")
+    captured, per_block = capture_inputs(model, ids, 2, "cpu")
+    assert len(per_block) == len(decoder_layers(model)) and all(len(kws) == 2 for kws in per_block)
     assert len(captured) == 2 and captured[0][0].shape == (2, 32, 64)
     real = seen[0][0][0] if seen[0][0] else seen[0][1]["hidden_states"]
     assert torch.equal(captured[0][0], real)
