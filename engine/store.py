@@ -46,8 +46,9 @@ FLOAT_NAMES = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of the tensor's bytes, hashed in place (no copy: an embedding table can be ~1 GB)."""
     data = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-    return hashlib.sha256(data.tobytes()).hexdigest()
+    return hashlib.sha256(data.data).hexdigest()
 
 
 def variant_name(fmt: FormatSpec, method: str, options: QuantOptions | None = None) -> str:

@@ -60,6 +60,18 @@ class DiskIO:
         module = self.lazy.model.get_submodule(prefix)
         self.writer.add(module, prefix)
         release(module)
+        trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS creeps up with
+    every block although nothing is held)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
 
 
 def quantize_to_disk(
