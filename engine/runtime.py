@@ -97,6 +97,10 @@ class _RuntimeSized(Protocol):
     def runtime_bytes(self) -> int: ...
 
 
+GGUF_NOTE = "de-quantized GGUF baseline"  # said beside the backend of a 16-bit copy of a GGUF model
+GGUF_KINDS = ("default", "builtin", "gguf")  # engine.sources kinds whose weights come from a GGUF
+
+
 @dataclass
 class Variant:
     """A loaded model ready to generate."""
@@ -111,12 +115,15 @@ class Variant:
     folder: Path | None = None
     manifest: Manifest | None = None  # a saved variant's; None for one made in memory
     warmed: bool = False
+    note: str = ""  # what a reader must know, e.g. "de-quantized GGUF baseline" (shown with the backend)
 
     @property
     def backend(self) -> str:
         if not self.backends:
-            return f"dense {str(self.dtype).removeprefix('torch.')} (torch matmul)"
-        return max(self.backends, key=self.backends.__getitem__)
+            label = f"dense {str(self.dtype).removeprefix('torch.')} (torch matmul)"
+        else:
+            label = max(self.backends, key=self.backends.__getitem__)
+        return f"{label}; {self.note}" if self.note else label
 
     def weight_bytes(self) -> int:
         seen: set[int] = set()
@@ -212,7 +219,10 @@ def load_variant(
 
     fmt = manifest.fmt
     name = store.variant_name(fmt, manifest.method)
-    return variant_from_model(name, model, tokenizer, fmt, device, backend, folder, manifest)
+    variant = variant_from_model(name, model, tokenizer, fmt, device, backend, folder, manifest)
+    if fmt.is_float and manifest.source.kind in GGUF_KINDS:
+        variant.note = GGUF_NOTE
+    return variant
 
 
 # ------------------------------------------------------------------------------ generation

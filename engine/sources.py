@@ -90,6 +90,12 @@ class ModelSource:
     label: str
 
     @property
+    def from_gguf(self) -> bool:
+        """Its float weights are a de-quantized GGUF (the built-ins and .gguf files), not 16-bit
+        training weights: every baseline taken from it says so."""
+        return self.kind in ("default", "builtin", "gguf")  # = engine.runtime.GGUF_KINDS
+
+    @property
     def slug(self) -> str:
         """A filesystem-safe name for this source (variants are stored under it)."""
         if self.kind in ("default", "builtin"):

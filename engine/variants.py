@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine import budget, sources, store, stream
+from engine import budget, runtime, sources, store, stream
 from engine.errors import Cancelled, QtuiError
 from engine.lazy import LazyModel
 from engine.progress import ProgressFn, no_progress
@@ -143,7 +143,10 @@ def open_spec(
     if fmt is None or fmt.family == "bf16":
         loaded = _load_source(spec.source, progress, cancel, loaded_cache)
         model = loaded.model_in(torch.bfloat16)  # from disk in bf16, never through float32
-        return variant_from_model("bf16", model, loaded.tokenizer, get_format("bf16"), device)
+        variant = variant_from_model("bf16", model, loaded.tokenizer, get_format("bf16"), device)
+        if spec.source.from_gguf:
+            variant.note = runtime.GGUF_NOTE
+        return variant
     request = QuantRequest.build(spec.source, fmt, spec.method)
     folder = request.dest
     if not (folder / store.MANIFEST).exists():

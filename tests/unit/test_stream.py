@@ -194,3 +194,14 @@ def test_estimate_of_a_qwen3_4b_shape_is_one_block_not_the_model():
     assert rtn.block == block and 350e6 < block < 450e6  # ~100M parameters a block
     assert rtn.total - rtn.process < 2.0e9 and gptq.total - gptq.process < 3.5e9
     assert whole.block > 30 * block
+
+
+@pytest.mark.parametrize("kind, noted", [("default", True), ("gguf", True), ("folder", False)])
+def test_a_16_bit_baseline_of_a_gguf_source_says_it_is_de_quantized(tiny_model, tmp_path, kind, noted):
+    from engine import runtime
+    from engine.quant.formats import get_format
+
+    model, tok = tiny_model("llama")
+    store.save_variant(model, tok, tmp_path / "v", get_format("bf16"), "rtn", {"id": "x", "kind": kind})
+    variant = load_variant(tmp_path / "v", "cpu")
+    assert (runtime.GGUF_NOTE in variant.backend) is noted
