@@ -27,7 +27,7 @@ class ProgressLine:
     def __call__(self, done: int, total: int, text: str) -> None:
         p = self.clock(done, total, text)
         if not self.tty:
-            stage = p.stage.split(" ")[0] if total > 1 else p.text
+            stage = p.stage if total > 1 else p.text  # a line per stage: "block 3/36", a Linear, a file
             if stage != self.last_stage:
                 print(f"  {p.text}", file=self.stream, flush=True)
                 self.last_stage = stage
