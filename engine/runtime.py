@@ -215,6 +215,9 @@ def load_variant(
     manifest = store.read_manifest(folder)
     tensors = store.load_tensors(folder, manifest, verify=verify)
     model = store.build_model(folder, manifest, tensors)
+    # the model holds what it needs; without this dict each layer's stored codes stay alive after
+    # its kernel layout is made (prepare_model releases them), doubling a large variant's peak
+    del tensors
     tokenizer = shared_tokenizer(folder)
 
     fmt = manifest.fmt
