@@ -141,7 +141,7 @@ def run_capped(cmd: list[str], cap_gb: float, stop_at_block: int | None = None) 
     # the child joins the group itself, between fork and exec, before it allocates anything
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=lambda: group.add(os.getpid()),
+        preexec_fn=lambda: _child_setup(group),
     )  # fmt: skip
     t0 = time.monotonic()
     state = {"block": -1, "line": "", "stopped": False}
@@ -185,6 +185,13 @@ def run_capped(cmd: list[str], cap_gb: float, stop_at_block: int | None = None) 
         "block_start_s": block_start, "peak_rss": usage, "cap": cap, "capped": group.path is not None,
         "cap_hits": group_failcnt, "stdout": out, "stderr_tail": lines[-8:], "stopped": state["stopped"],
     }  # fmt: skip
+
+
+def _child_setup(group: Cgroup) -> None:
+    """In the child, before exec: join the capped group; take SIGINT back (a shell starting this
+    script in the background ignores it, and the child would inherit that: --blocks could not stop it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    group.add(os.getpid())
 
 
 def _child_maxrss() -> int:
