@@ -130,6 +130,7 @@ class LazyModel:
             self.model: nn.Module = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         self.model.eval()
         self.tied: dict[str, str] = _tied(self.model)
+        self.tied.update(_tied_head(self.model, config, self.index))
         missing = [k for k in self.model.state_dict() if k not in self.index and k not in self.tied]
         if missing:
             raise SourceError(
@@ -194,6 +195,26 @@ def _tied(model: nn.Module) -> dict[str, str]:
         else:
             seen[id(p)] = name
     return tied
+
+
+def _tied_head(model: nn.Module, config: PretrainedConfig, index: WeightIndex) -> dict[str, str]:
+    """An LM head tied to the embeddings by the config but not stored, named from the config
+    rather than from the skeleton's shared parameter: a skeleton built while another thread loads
+    a model with transformers can come out untied (seen in the app: the bf16 baseline loading
+    beside a quantize job)."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    get_in = getattr(model, "get_input_embeddings", None)
+    if not getattr(config, "tie_word_embeddings", False) or get_out is None or get_in is None:
+        return {}
+    head, emb = get_out(), get_in()
+    if head is None or emb is None:
+        return {}
+    names = {id(m): n for n, m in model.named_modules()}
+    head_w, emb_w = f"{names[id(head)]}.weight", f"{names[id(emb)]}.weight"
+    if head_w in index or emb_w not in index:
+        return {}
+    head.weight = emb.weight  # share again in the skeleton too
+    return {head_w: emb_w}
 
 
 def _rebuild_meta_buffers(model: nn.Module) -> None:
