@@ -205,3 +205,20 @@ def test_a_16_bit_baseline_of_a_gguf_source_says_it_is_de_quantized(tiny_model, 
     store.save_variant(model, tok, tmp_path / "v", get_format("bf16"), "rtn", {"id": "x", "kind": kind})
     variant = load_variant(tmp_path / "v", "cpu")
     assert (runtime.GGUF_NOTE in variant.backend) is noted
+
+
+def test_a_tied_head_is_found_from_the_config_even_in_an_untied_skeleton(tiny_model, tmp_path):
+    """A skeleton built while another thread loads a model can come out untied; the head that the
+    config ties and no shard stores must still be read from the embeddings."""
+    from torch import nn
+
+    from engine.lazy import WeightIndex, _tied_head
+
+    loaded = _saved_source(tiny_model, tmp_path / "src", "qwen2")  # qwen2 helper: tied embeddings
+    lazy = loaded.lazy()
+    assert lazy is not None and lazy.tied == {"lm_head.weight": "model.embed_tokens.weight"}
+    model = lazy.model
+    model.lm_head.weight = nn.Parameter(torch.empty_like(model.lm_head.weight, device="meta"))  # untied
+    tied = _tied_head(model, model.config, WeightIndex(tmp_path / "src"))
+    assert tied == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert model.lm_head.weight is model.model.embed_tokens.weight
