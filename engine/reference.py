@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import shutil
 import tempfile
 import threading
 import zipfile
@@ -286,62 +284,20 @@ def convert(
     weights is undone), so no gguf-py conversion of our own is needed. The de-quantized weights
     are float32 in memory; they are stored in bf16, Gemma-3's own release dtype (rounding Q8_0 /
     Q5_0 / Q4_K / Q6_K values to bf16 changes them far less than the GGUF quantization did).
-    The folder appears atomically (built beside it, then renamed).
+    The folder appears atomically (built beside it, then renamed; ``sources.convert_gguf``).
     """
     import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     from engine import sources
 
-    hf_logging.disable_progress_bar()
-    progress(0, 1, f"converting {gguf.name} to bf16 safetensors (once)")
-    sources._check_gguf_header(gguf)
-    try:
-        with _quiet_gguf_reader():
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-            )
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except Exception as exc:  # transformers raises many types for a bad file
-        raise SourceError(f"could not read GGUF file {gguf}: {sources._short(exc)}") from exc
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
-        state = {}
-        seen: set[int] = set()
-        for name, tensor in model.state_dict().items():
-            if tensor.data_ptr() in seen:  # tied weights (lm_head = embeddings) stored once
-                continue
-            seen.add(tensor.data_ptr())
-            state[name] = tensor.to(torch.bfloat16).contiguous()
-        model.config.save_pretrained(tmp)
-        del model
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        del state
-        cfg = json.loads((tmp / "config.json").read_text())
-        cfg.pop("quantization_config", None)  # the GGUF's: these weights are plain bf16 now
-        cfg["dtype"] = "bfloat16"
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        tokenizer.save_pretrained(tmp)
-        for name, data in (extra_files or {}).items():
-            (tmp / name).write_bytes(data)
-        info = {
-            "gguf": str(gguf),
-            "hash": source_hash,
-            "package": MAIN.spec,
-            "license": LICENSE,
-            "stored": "bf16, de-quantized from a Q4_K_M GGUF",
-        }
-        (tmp / "qtui-source.json").write_text(json.dumps(info, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    progress(1, 1, "converted")
-    return folder
+    info: dict[str, object] = {
+        "package": MAIN.spec,
+        "license": LICENSE,
+        "stored": "bf16, de-quantized from a Q4_K_M GGUF",
+    }
+    return sources.convert_gguf(
+        gguf, folder, progress, source_hash, torch.bfloat16, extra_files, info, _quiet_gguf_reader()
+    )
 
 
 @contextlib.contextmanager

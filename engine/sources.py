@@ -9,6 +9,7 @@ cache: transformers' GGUF reader takes ~12-15 s for SmolLM2-135M, the converted 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -261,21 +262,33 @@ def reference_source() -> ModelSource:
 
 # ------------------------------------------------------------------------------ GGUF
 def convert_gguf(
-    gguf_path: Path, folder: Path, progress: ProgressFn = _noop, source_hash: str | None = None
+    gguf_path: Path,
+    folder: Path,
+    progress: ProgressFn = _noop,
+    source_hash: str | None = None,
+    dtype: torch.dtype | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    info: dict[str, object] | None = None,
+    reading: contextlib.AbstractContextManager[object] | None = None,
 ) -> Path:
-    """Load a .gguf with transformers (de-quantized to float32) and save it once as safetensors."""
+    """Load a .gguf with transformers (de-quantized to float32) and save it once as safetensors,
+    in ``dtype`` when given (the config then says so), with ``extra_files`` beside it and ``info``
+    added to ``qtui-source.json``; ``reading`` wraps transformers' read of the file. The folder
+    appears atomically (built beside it, then renamed)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    progress(0, 1, f"converting {gguf_path.name} to safetensors (once)")
+    stored = {torch.bfloat16: "bf16 ", torch.float16: "f16 "}.get(dtype, "") if dtype is not None else ""
+    progress(0, 1, f"converting {gguf_path.name} to {stored}safetensors (once)")
     _check_gguf_header(gguf_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
+        with reading or contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            )
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     except Exception as exc:  # transformers raises many types for a bad file
         raise SourceError(f"could not read GGUF file {gguf_path}: {_short(exc)}") from exc
@@ -289,15 +302,21 @@ def convert_gguf(
             if tensor.data_ptr() in seen:  # tied weights (lm_head = embeddings) stored once
                 continue
             seen.add(tensor.data_ptr())
-            state[name] = tensor.contiguous()
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+            state[name] = (tensor if dtype is None else tensor.to(dtype)).contiguous()
         model.config.save_pretrained(tmp)
+        del model  # a converted copy no longer needs the float32 model
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        del state
         cfg = json.loads((tmp / "config.json").read_text())
-        cfg.pop("quantization_config", None)
+        cfg.pop("quantization_config", None)  # the GGUF's: these weights are plain floats now
+        if dtype is not None:
+            cfg["dtype"] = str(dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tokenizer.save_pretrained(tmp)
-        info = {"gguf": str(gguf_path), "hash": source_hash or content_hash(gguf_path)}
-        (tmp / "qtui-source.json").write_text(json.dumps(info, indent=2))
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        record = {"gguf": str(gguf_path), "hash": source_hash or content_hash(gguf_path), **(info or {})}
+        (tmp / "qtui-source.json").write_text(json.dumps(record, indent=2))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
