@@ -91,7 +91,7 @@ def _state_to_save(
     qparams = qbytes = 0
     for name, qmod in quantized_modules(module).items():
         full = base + name
-        if full.startswith(skip) if skip else False:
+        if skip and full.startswith(skip):
             continue
         if qmod.qw is None:
             raise StoreError(f"{full}: quantized weight was released; save before preparing kernels")
