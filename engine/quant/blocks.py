@@ -221,8 +221,10 @@ def quantize_blocks(
         dtype = next(block.parameters()).dtype
         block.to(device=device, dtype=torch.float32)
         stats = collect_stats(block, inputs, options.sample_tokens)
+        top = {n: st.top_channels() for n, st in stats.items()}  # before any scale is folded
         if method.prepare_block is not None:
             report.block_info.append({"block": b, **method.prepare_block(block, stats, fmt, cfg)})
+        report.block_info.append({"block": b, "act_top": top})  # the largest input channels (engine.inspect)
         linears = [(n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear)]
         for job in _jobs(linears, stats):
             if cancel is not None and cancel.is_set():

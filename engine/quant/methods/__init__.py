@@ -61,6 +61,13 @@ class LinearStats:
     def absmean(self) -> torch.Tensor:
         return self.abssum / max(self.n, 1)
 
+    def top_channels(self, k: int = 10) -> tuple[tuple[int, float, float], ...]:
+        """The ``k`` input channels with the largest max |x|: (channel, max |x|, mean |x|)."""
+        values, index = self.absmax.topk(min(k, self.absmax.numel()))
+        mean = self.absmean
+        pairs = zip(values.tolist(), index.tolist(), strict=True)
+        return tuple((int(i), round(float(v), 5), round(float(mean[i]), 5)) for v, i in pairs)
+
     @property
     def sample(self) -> torch.Tensor:
         """``[tokens, in]`` rows of the calibration inputs (for output-error measurements)."""
