@@ -48,6 +48,7 @@ class ReportedVariant:
     peak_rss: int | None = None
     answers: list[str] = field(default_factory=list)
     flags: list[list[str]] = field(default_factory=list)
+    folder: str | None = None  # a saved variant's folder (its per-Linear heatmap is drawn from it)
 
 
 def variant_info(variant: Variant, key: str, n_layers: int = 5) -> ReportedVariant:
@@ -64,6 +65,7 @@ def variant_info(variant: Variant, key: str, n_layers: int = 5) -> ReportedVaria
         bits_per_weight=m.bits_per_weight if m else float(variant.fmt.bits),
         backend=variant.backend,
         worst_layers=layers,
+        folder=str(variant.folder) if variant.folder is not None and m is not None else None,
     )
 
 
@@ -248,9 +250,33 @@ def write_charts(
         charts.append(
             ("Weights in memory (MiB)", "weights.svg", bar_chart("Weights in memory", size, " MiB"))
         )
+    charts += heatmaps(infos)
     for _, file, svg in charts:
         (folder / file).write_text(svg)
     return [(title, f"charts/{file}") for title, file, _ in charts]
+
+
+def heatmaps(infos: list[ReportedVariant]) -> list[tuple[str, str, str]]:
+    """Per saved quantized variant, its per-Linear heatmap (engine.inspection, cached): output
+    error where the run recorded it, else weight error."""
+    from engine.errors import QtuiError
+    from engine.heatmap import heatmap_svg
+    from engine.inspection import METRICS, inspect_variant
+
+    out = []
+    for info in infos:
+        if info.folder is None:
+            continue
+        try:
+            table = inspect_variant(Path(info.folder))
+        except QtuiError:
+            continue
+        if not table.linears:
+            continue
+        metric = "output" if table.has("output") else "weight"
+        title = f"{info.name}: {METRICS[metric].label} per Linear (blocks down, kinds across)"
+        out.append((title, f"heatmap-{info.name}.svg", heatmap_svg(table, metric)))
+    return out
 
 
 def write_report(

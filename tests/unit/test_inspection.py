@@ -139,3 +139,14 @@ def test_heatmap_svg(source, tmp_path):
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert svg.count('class="cell"') == 14  # 2 blocks x 7 kinds
     assert "output error" in svg and "down" in svg
+
+
+def test_report_draws_a_heatmap_per_saved_variant(source, tmp_path):
+    from engine import report
+
+    folder, _ = quantize_saved(source, get_format("int4-g32"), "rtn", tmp_path / "v")
+    infos = [report.ReportedVariant("bf16", "k0"), report.ReportedVariant("v", "k1", folder=str(folder))]
+    md, _ = report.write_report(tmp_path / "out", infos, {}, "bf16")
+    svg = (tmp_path / "out" / "charts" / "heatmap-v.svg").read_text()
+    assert "weight error" in svg and svg.count('class="cell"') == 14  # RTN recorded no output error
+    assert "charts/heatmap-v.svg" in md.read_text()
