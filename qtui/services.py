@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from engine.evals.results import TaskResult
+from engine.inspection import LinearView, VariantTable
 from engine.manifest import Manifest
 from engine.progress import ProgressFn
 from engine.request import QuantRequest
@@ -103,6 +104,10 @@ class Service(Protocol):
         progress: ProgressFn,
         cancel: threading.Event,
     ) -> TaskResult: ...
+    def inspect_variant(self, path: str, progress: ProgressFn, cancel: threading.Event) -> VariantTable: ...
+    def inspect_linear(
+        self, path: str, name: str, progress: ProgressFn, cancel: threading.Event
+    ) -> LinearView: ...
 
 
 class EngineService:
@@ -270,3 +275,17 @@ class EngineService:
         base = _variant(baseline) if baseline is not None else None
         subject = api.subject_from_variant(_variant(loaded), base)
         return api.run(subject, task, mode, limit, progress=progress, cancel=cancel)
+
+    def inspect_variant(self, path: str, progress: ProgressFn, cancel: threading.Event) -> VariantTable:
+        """The per-Linear table of a saved variant (engine.inspection; cached by its hash)."""
+        from engine import inspection
+
+        return inspection.inspect_variant(Path(path), progress, cancel)
+
+    def inspect_linear(
+        self, path: str, name: str, progress: ProgressFn, cancel: threading.Event
+    ) -> LinearView:
+        """One Linear of a saved variant up close (histogram, group grids, activation channels)."""
+        from engine import inspection
+
+        return inspection.inspect_linear(Path(path), name, progress, cancel)

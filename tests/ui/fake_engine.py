@@ -199,3 +199,51 @@ class FakeService:
             [],
             1.5,
         )
+
+    # ------------------------------------------------------------------ inspect
+    inspect_blocks = 6
+    inspect_delay = 0.0  # seconds per block (tests of a UI that stays responsive while it computes)
+
+    def inspect_variant(self, path, progress, cancel):
+        from engine.inspection import KIND_ORDER, LinearStat, VariantTable
+
+        name = Path(path).name
+        gptq = "gptq" in name
+        stats = []
+        for b in range(self.inspect_blocks):
+            if cancel.is_set():
+                raise Cancelled("inspect cancelled")
+            progress(b, self.inspect_blocks, f"inspecting: model.layers.{b}")
+            time.sleep(self.inspect_delay)
+            for j, kind in enumerate(KIND_ORDER):
+                rel = round(0.08 + 0.004 * b + 0.002 * j + (0.03 if (b, kind) == (2, "down") else 0.0), 6)
+                out = round(rel * (0.6 if gptq else 1.0) + 0.001 * ((b * 7 + j) % 3), 6)
+                suffix = "self_attn" if j < 4 else "mlp"
+                stats.append(
+                    LinearStat(f"model.layers.{b}.{suffix}.{kind}_proj", b, kind, "int4-g64", (576, 576),
+                               rel, round(21.9 - 40 * (rel - 0.08), 3), out, 0.0 if not gptq else 0.5, 0.01)
+                )  # fmt: skip
+        progress(self.inspect_blocks, self.inspect_blocks, "inspected")
+        return VariantTable(name, str(path), "fakekey-" + name, "int4-g64", "gptq" if gptq else "rtn",
+                            "Fake default", True, (), KIND_ORDER, self.inspect_blocks, tuple(stats))  # fmt: skip
+
+    def inspect_linear(self, path, name, progress, cancel):
+        from engine.inspection import GroupView, LinearView
+
+        table = self.inspect_variant(path, progress, cancel)
+        stat = table.get(name)
+        if stat is None:
+            raise QtuiError(f"no quantized Linear {name!r}")
+        wide = 2.0 if stat.kind == "down" else 1.0
+        bins = tuple(round(-0.1 * wide + i * 0.2 * wide / 20, 6) for i in range(21))
+        counts = tuple(int(1000 * 2.718 ** (-(((i - 10) / 3) ** 2))) for i in range(20))
+        levels = tuple(round(-0.08 + i * 0.01, 4) for i in range(16))
+
+        def group(label, row, err):
+            return GroupView(label, row, 0, err, err / 10, 0.01, levels, levels[2:14], levels[2:14])
+
+        act = ((5, 12.5, 1.2), (77, 9.1, 0.8)) if table.method == "gptq" else None
+        notes = () if act else ("activation channels: not recorded (rtn ran without calibration data)",)
+        return LinearView(table.variant, name, "int4-g64", table.method, stat, 64, bins, counts, counts,
+                          tuple(range(16)), (0.004, 0.01, 0.03), group("typical (median error)", 3, 0.05),
+                          group("worst (largest error)", 7, 0.3), act, notes)  # fmt: skip
