@@ -13,9 +13,10 @@ a one-line :class:`~engine.errors.SourceError` naming the file.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -60,8 +61,8 @@ class WeightIndex:
             path = self.folder / name
             if not path.exists():
                 raise SourceError(f"{path} is missing (named in {INDEX})")
-            for key, (dtype, shape) in read_header(path).items():
-                self.where[key], self.info[key] = path, (dtype, shape)
+            for key, entry in read_header(path).items():
+                self.where[key], self.info[key] = path, (entry.dtype, entry.shape)
         if weight_map is not None:
             for key, name in weight_map.items():
                 if self.where.get(key) != self.folder / name:
@@ -85,7 +86,16 @@ class WeightIndex:
         return t if dtype is None or not t.is_floating_point() else t.to(dtype)
 
 
-def read_header(path: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+class TensorSpan(NamedTuple):
+    """Where one tensor lies in a safetensors file."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # from the start of the file
+    nbytes: int
+
+
+def read_header(path: Path, error: type[Exception] = SourceError) -> dict[str, TensorSpan]:
     """The tensors a safetensors file declares, checked to lie inside the file (a shard cut
     short mid-tensor is found here, before anything is read)."""
     size = path.stat().st_size
@@ -95,26 +105,45 @@ def read_header(path: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
             if n > size - 8:
                 raise ValueError(f"header of {n} bytes does not fit")
             header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
     except (OSError, ValueError, struct.error) as exc:
-        raise SourceError(
-            f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}"
-        ) from exc
-    out: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        raise error(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    out: dict[str, TensorSpan] = {}
     for key, entry in header.items():
         if key == "__metadata__":
             continue
         try:
-            start, end = entry["data_offsets"]
+            start, end = (int(v) for v in entry["data_offsets"])
             dtype = _DTYPES[entry["dtype"]]
             shape = tuple(int(d) for d in entry["shape"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise SourceError(f"{path}: malformed header entry for {key}") from exc
-        if 8 + n + int(end) > size:
-            raise SourceError(
-                f"{path} is truncated: {key} ends at byte {8 + n + int(end)}, the file has {size}"
-            )
-        out[key] = (dtype, shape)
+            raise error(f"{path}: malformed header entry for {key}") from exc
+        if 8 + n + end > size:
+            raise error(f"{path} is truncated: {key} ends at byte {8 + n + end}, the file has {size}")
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if start < 0 or end - start != nbytes:
+            raise error(f"{path}: {key} spans {end - start} bytes, its shape {list(shape)} needs {nbytes}")
+        out[key] = TensorSpan(dtype, shape, 8 + n + start, nbytes)
     return out
+
+
+def read_tensor(path: Path, entry: TensorSpan) -> torch.Tensor:
+    """One tensor read with plain file reads into memory torch owns: no memory map, so pages of
+    the file never count in the process's resident memory (a mapped shard does while it is open)."""
+    buf = torch.empty(entry.nbytes, dtype=torch.uint8)
+    view = buf.numpy().data  # a writable memoryview of the bytes
+    with open(path, "rb") as f:
+        f.seek(entry.offset)
+        done = 0
+        while done < entry.nbytes:
+            got = f.readinto(view[done:])
+            if not got:
+                raise OSError(f"{path} ended {entry.nbytes - done} bytes early")
+            done += got
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    return buf.view(entry.dtype).reshape(entry.shape)
 
 
 class LazyModel:

@@ -26,7 +26,8 @@ from engine import devices
 from engine.manifest import Manifest
 from engine.progress import ProgressFn
 from engine.quant.formats import FormatSpec
-from engine.quant.pipeline import prepare_model
+from engine.quant.pipeline import prepare_model, prepare_module
+from engine.stream import trim_heap
 from engine.telemetry import PeakSampler
 from engine.typed import option
 
@@ -213,16 +214,25 @@ def load_variant(
 
     folder = Path(folder)
     manifest = store.read_manifest(folder)
-    tensors = store.load_tensors(folder, manifest, verify=verify)
-    model = store.build_model(folder, manifest, tensors)
-    # the model holds what it needs; without this dict each layer's stored codes stay alive after
-    # its kernel layout is made (prepare_model releases them), doubling a large variant's peak
-    del tensors
+    fmt = manifest.fmt
+    dev = torch.device(device) if device is not None else default_device()
+    dtype = compute_dtype(fmt, dev)
+
+    def place(module: torch.nn.Module) -> None:
+        prepare_module(module, dev, dtype, backend, release=True)
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=dev, dtype=dtype) if t.is_floating_point() else t.to(dev)
+
+    # a layer at a time: read, checked, laid out for its kernel, stored codes dropped; the peak
+    # is the loaded model plus one layer (reading every shard first held the whole variant twice)
+    files = store.TensorFiles(folder, manifest, verify=verify)
+    model = store.build_model(folder, manifest, files, place, convert)
+    trim_heap()  # the layers' stored codes were freed: hand the pages back
     tokenizer = shared_tokenizer(folder)
 
-    fmt = manifest.fmt
     name = store.variant_name(fmt, manifest.method)
-    variant = variant_from_model(name, model, tokenizer, fmt, device, backend, folder, manifest)
+    variant = variant_from_model(name, model, tokenizer, fmt, dev, backend, folder, manifest)
     if fmt.is_float and manifest.source.kind in GGUF_KINDS:
         variant.note = GGUF_NOTE
     return variant

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -27,6 +27,7 @@ from torch import nn
 import engine
 from engine import paths, typed
 from engine.errors import Cancelled, StoreError
+from engine.lazy import TensorSpan, read_header, read_tensor
 from engine.manifest import Manifest
 from engine.progress import ProgressFn
 from engine.quant import arch
@@ -379,34 +380,51 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
             )
 
 
+class TensorFiles(Mapping[str, torch.Tensor]):
+    """The variant's stored tensors, read one at a time on access (plain reads, no memory map)
+    and checked against the manifest's sha256: a model is built a layer at a time from it."""
+
+    def __init__(self, folder: Path, manifest: Manifest, verify: bool = True) -> None:
+        self.folder = Path(folder)
+        self.verify = verify
+        verify_files(self.folder, manifest)
+        self.expected = manifest.tensor_sha256
+        self.entries: dict[str, tuple[Path, TensorSpan]] = {}
+        for name in manifest.weight_files:
+            path = self.folder / name
+            for key, entry in read_header(path, StoreError).items():
+                self.entries[key] = (path, entry)
+        if set(self.entries) != set(self.expected):
+            odd = sorted(set(self.entries) ^ set(self.expected))[:1]
+            raise StoreError(
+                f"{self.folder}: the weight files hold other tensors than the manifest lists ({odd[0]})"
+            )
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        path, entry = self.entries[key]
+        try:
+            t = read_tensor(path, entry)
+        except OSError as exc:
+            raise StoreError(f"{path} cannot be read: {exc}") from exc
+        if self.verify and tensor_sha256(t) != self.expected[key]:
+            raise StoreError(f"{path}: tensor {key} fails its sha256 check (corrupted)")
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 def load_tensors(folder: Path, manifest: Manifest, verify: bool = True) -> dict[str, torch.Tensor]:
     """Every stored tensor of the variant (one file or several shards), sha256-checked."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    verify_files(folder, manifest)
-    tensors: dict[str, torch.Tensor] = {}
-    where: dict[str, str] = {}
-    for name in manifest.weight_files:
-        try:
-            part: dict[str, torch.Tensor] = load_file(folder / name)
-        except Exception as exc:
-            raise StoreError(f"{folder / name} cannot be read (corrupt?): {exc}") from exc
-        tensors.update(part)
-        where.update(dict.fromkeys(part, name))
-    expected = manifest.tensor_sha256
-    if set(tensors) != set(expected):
-        odd = sorted(set(tensors) ^ set(expected))[:1]
-        raise StoreError(f"{folder}: the weight files hold other tensors than the manifest lists ({odd[0]})")
-    if verify:
-        for key, t in tensors.items():
-            if tensor_sha256(t) != expected[key]:
-                raise StoreError(f"{folder / where[key]}: tensor {key} fails its sha256 check (corrupted)")
-    return tensors
+    files = TensorFiles(folder, manifest, verify)
+    return {key: files[key] for key in files}
 
 
 def quantized_weight(
-    tensors: dict[str, torch.Tensor], name: str, fmt: FormatSpec, shape: list[int]
+    tensors: Mapping[str, torch.Tensor], name: str, fmt: FormatSpec, shape: list[int]
 ) -> QuantizedWeight:
     return QuantizedWeight(
         fmt,
@@ -417,8 +435,20 @@ def quantized_weight(
     )
 
 
-def build_model(folder: Path, manifest: Manifest, tensors: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild the transformers model skeleton and put the stored tensors in it (no copies)."""
+def build_model(
+    folder: Path,
+    manifest: Manifest,
+    tensors: Mapping[str, torch.Tensor],
+    place: Callable[[nn.Module], None] | None = None,
+    convert: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> nn.Module:
+    """Rebuild the transformers model skeleton and put the stored tensors in it (no copies).
+
+    ``tensors`` may read on access (:class:`TensorFiles`): each quantized layer is then read, built
+    and handed to ``place`` (which lays it out for its kernel and drops the stored codes) before
+    the next is read, and each 16-bit tensor goes through ``convert`` (to the compute dtype and
+    device) as it is read, so a large variant loads with its final size plus one layer in memory.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fmt = manifest.fmt
@@ -427,21 +457,29 @@ def build_model(folder: Path, manifest: Manifest, tensors: dict[str, torch.Tenso
     # init_empty_weights, which patches nn.Module for every thread (the app loads in workers)
     with torch.device("meta"):
         model: nn.Module = AutoModelForCausalLM.from_config(config, dtype=fmt.torch_dtype)
-    state = dict(tensors)
+    floats = FLOAT_NAMES.values()
+    quantized = {k.removesuffix(".weight") for k, d in manifest.tensors.items() if d["format"] not in floats}
+    parts = {name + suffix for name in quantized for suffix in (".qweight", ".scales", ".qzeros")}
+    state: dict[str, torch.Tensor] = {}
+    for key in tensors:
+        if key not in parts:
+            t = tensors[key]
+            state[key] = t if convert is None or key.endswith(TRANSFORM_SUFFIX) else convert(t)
     for key, desc in manifest.tensors.items():
-        if desc["format"] in FLOAT_NAMES.values():
-            continue
         name = key.removesuffix(".weight")
-        qw = quantized_weight(state, name, get_format(desc["format"]), desc["shape"])
-        for suffix in (".qweight", ".scales", ".qzeros"):
-            state.pop(name + suffix, None)
+        if name not in quantized:
+            continue
+        qw = quantized_weight(tensors, name, get_format(desc["format"]), desc["shape"])
         old = model.get_submodule(name)
         if isinstance(old, nn.Embedding):
             new: nn.Module = QEmbedding(qw, old.padding_idx)
         else:
             bias = state.get(f"{name}.bias")  # stays in state: load_state_dict fills QLinear.bias
             new = QLinear(qw, bias, state.get(name + TRANSFORM_SUFFIX))
+        del qw
         set_module(model, name, new)
+        if place is not None:
+            place(new)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k not in manifest.tied]
     if missing or unexpected:

@@ -148,9 +148,21 @@ def prepare_model(
     model.to(device=device, dtype=dtype)
     labels: dict[str, int] = {}
     for module in quantized_modules(model).values():
-        if isinstance(module, QLinear):
-            module.prepare(device, dtype, backend, release=release)
-        else:
-            module.prepare(device, dtype)
+        if not (isinstance(module, QLinear) and module.qw is None and module.backend is not None):
+            prepare_module(module, device, dtype, backend, release)  # else laid out as it was loaded
         labels[module.backend_label] = labels.get(module.backend_label, 0) + 1
     return labels
+
+
+def prepare_module(
+    module: nn.Module,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    backend: str | None = None,
+    release: bool = True,
+) -> None:
+    """Lay out one quantized layer for its kernel on ``device`` (``release``: drop the stored codes)."""
+    if isinstance(module, QLinear):
+        module.prepare(device, dtype, backend, release=release)
+    elif isinstance(module, QEmbedding):
+        module.prepare(device, dtype)

@@ -230,6 +230,43 @@ def test_save_after_release_is_refused(loaded_source, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_variant_loads_a_layer_at_a_time(loaded_source, tmp_path, monkeypatch):
+    """Each quantized layer is read, laid out for its kernel and its stored codes dropped before
+    the next layer's codes are read: the load never holds the stored variant whole."""
+    folder, _ = quantize_saved(loaded_source("llama"), get_format("int4-g64"), out=tmp_path / "v")
+    events: list[tuple[str, str]] = []
+    real_get, real_prepare = store.TensorFiles.__getitem__, QLinear.prepare
+
+    def get(self, key):
+        events.append(("read", key))
+        return real_get(self, key)
+
+    def prepare(self, *args, **kwargs):
+        out = real_prepare(self, *args, **kwargs)
+        events.append(("prepared", f"{id(self)}:{'released' if self.qw is None else 'kept'}"))
+        return out
+
+    monkeypatch.setattr(store.TensorFiles, "__getitem__", get)
+    monkeypatch.setattr(QLinear, "prepare", prepare)
+    variant = load_variant(folder, device="cpu")
+    layers = {str(id(m)) for m in variant.model.modules() if isinstance(m, QLinear)}
+    n_linear = len(layers)
+    # (a kernel probe prepares a small layer of its own the first time: not one of the model's)
+    events = [(kind, key) for kind, key in events if kind == "read" or key.split(":")[0] in layers]
+    assert n_linear > 2
+    # between two prepares exactly one layer's codes (qweight, scales, qzeros) were read
+    code_reads = [i for i, (kind, key) in enumerate(events) if kind == "read" and key.endswith(".qweight")]
+    prepares = [i for i, (kind, _) in enumerate(events) if kind == "prepared"]
+    assert len(code_reads) == len(prepares) == n_linear
+    assert all(
+        r < p < nxt for r, p, nxt in zip(code_reads, prepares, code_reads[1:] + [len(events)], strict=True)
+    )
+    assert {key.split(":")[1] for kind, key in events if kind == "prepared"} == {"released"}
+    # every tensor was read once, and the result equals a load from the whole dict
+    reads = [key for kind, key in events if kind == "read"]
+    assert len(reads) == len(set(reads)) == len(store.read_manifest(folder).tensor_sha256)
+
+
 # ------------------------------------------------------------------------------ bad input
 @pytest.fixture
 def saved(loaded_source, tmp_path):
@@ -382,3 +419,19 @@ def test_other_write_error(loaded_source, monkeypatch, tmp_path):
 def test_describe_error():
     assert describe_error(StoreError("x is corrupt")) == "x is corrupt"
     assert describe_error(KeyError("k")) == "KeyError: 'k'"
+
+
+def test_safetensors_header_with_a_wrong_span_is_refused(saved):
+    path = weights_file(saved)
+    raw = bytearray(path.read_bytes())
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    key = next(k for k in header if k.endswith(".scales"))
+    start, end = header[key]["data_offsets"]
+    header[key]["data_offsets"] = [start, end - 2]
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (n - len(text))
+    assert len(text) == n
+    path.write_bytes(raw[:8] + text + raw[8 + n :])
+    with pytest.raises(StoreError, match=rf"{key} spans {end - start - 2} bytes"):
+        load_variant(saved, device="cpu")
