@@ -12,7 +12,7 @@ from html import escape
 from engine.inspection import METRICS, VariantTable
 
 
-def _colour(t: float) -> str:
+def colour(t: float) -> str:
     """0 -> pale yellow, 1 -> dark red (a sequential ramp readable in grey too)."""
     stops = ((255, 255, 204), (254, 178, 76), (240, 59, 32), (128, 0, 38))
     t = min(max(t, 0.0), 1.0) * (len(stops) - 1)
@@ -53,7 +53,7 @@ def heatmap_svg(table: VariantTable, metric: str = "weight", cell_w: int = 56, c
         for j, kind in enumerate(table.kinds):
             s = table.cell(b, kind)
             v = s.value(metric) if s is not None else None
-            fill = "#ccc" if v is None else _colour(badness(v, lo, hi, m.higher_is_worse))
+            fill = "#ccc" if v is None else colour(badness(v, lo, hi, m.higher_is_worse))
             tip = f"{s.name if s else f'block {b} {kind}'}: {'n/a' if v is None else f'{v:.4g}{m.unit}'}"
             out.append(
                 f'<rect class="cell" x="{left + cell_w * j}" y="{y}" width="{cell_w - 1}" height="{cell_h - 1}" '
@@ -64,7 +64,7 @@ def heatmap_svg(table: VariantTable, metric: str = "weight", cell_w: int = 56, c
         t = i / 4
         v = lo + (hi - lo) * (t if m.higher_is_worse else 1 - t)
         y = top + 18 * i
-        out.append(f'<rect x="{lx}" y="{y}" width="14" height="14" fill="{_colour(t)}"/>')
+        out.append(f'<rect x="{lx}" y="{y}" width="14" height="14" fill="{colour(t)}"/>')
         label = f"{v:.4g}{m.unit}" if values else "n/a"
         out.append(f'<text x="{lx + 20}" y="{y + 11}">{escape(label)}{" (best)" if i == 0 else ""}'
                    f'{" (worst)" if i == 4 else ""}</text>')  # fmt: skip

@@ -105,6 +105,18 @@ class VariantTable:
     def get(self, name: str) -> LinearStat | None:
         return next((s for s in self.linears if s.name == name), None)
 
+    def find(self, text: str) -> LinearStat:
+        """A Linear by its name (``model.layers.3.self_attn.q_proj``) or ``BLOCK.KIND`` (``3.q``)."""
+        text = text.strip().removesuffix(".weight")
+        found = self.get(text)
+        block, _, kind = text.partition(".")
+        if found is None and block.isdigit():
+            found = self.cell(int(block), kind.removesuffix("_proj"))
+        if found is None:
+            example = self.linears[0].name if self.linears else "none"
+            raise StoreError(f"{self.variant} has no quantized Linear {text!r} (e.g. {example} or 0.q)")
+        return found
+
     def has(self, metric: str) -> bool:
         return any(s.value(metric) is not None for s in self.linears)
 
@@ -176,6 +188,21 @@ class LinearView:
             worst=group(data["worst"]),
         )
         return cls(**fields)
+
+
+def compare_cells(a: VariantTable, b: VariantTable, metric: str) -> tuple[int, int]:
+    """(cells where ``b`` is better than ``a`` on ``metric``, cells both know) over the Linears
+    the two variants share (e.g. GPTQ vs RTN of one source)."""
+    m = METRICS[metric]
+    better = total = 0
+    for s in a.linears:
+        other = b.get(s.name)
+        va, vb = s.value(metric), other.value(metric) if other else None
+        if va is None or vb is None:
+            continue
+        total += 1
+        better += (vb < va) if m.higher_is_worse else (vb > va)
+    return better, total
 
 
 # ------------------------------------------------------------------------------ finding things

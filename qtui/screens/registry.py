@@ -16,6 +16,7 @@ from textual.screen import Screen
 from qtui.screens.chat import ChatScreen
 from qtui.screens.dashboard import DashboardScreen
 from qtui.screens.evaluate import EvaluateScreen
+from qtui.screens.inspector import InspectScreen
 from qtui.screens.models import ModelsScreen
 from qtui.screens.quantize import QuantizeScreen
 from qtui.widgets.chat_column import ChatColumn
@@ -63,4 +64,6 @@ SCREENS = (
                 palette=(("Dashboard", "Live charts: speed, latency, memory, size"),)),
     ScreenEntry("f6", "evaluate", "Evaluate", EvaluateScreen, "Accuracy and fidelity of variants",
                 palette=(("Evaluate", "Accuracy (with intervals) and fidelity to the baseline"),)),
+    ScreenEntry("f7", "inspect", "Inspect", InspectScreen, "Where quantization hurts, Linear by Linear",
+                palette=(("Inspect variant", "Per-Linear error heatmap, worst Linears, one Linear up close"),)),
 )  # fmt: skip

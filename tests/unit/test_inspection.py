@@ -150,3 +150,25 @@ def test_report_draws_a_heatmap_per_saved_variant(source, tmp_path):
     svg = (tmp_path / "out" / "charts" / "heatmap-v.svg").read_text()
     assert "weight error" in svg and svg.count('class="cell"') == 14  # RTN recorded no output error
     assert "charts/heatmap-v.svg" in md.read_text()
+
+
+def test_cli_inspect_tables_layer_vs_and_json(source, tmp_path, capsys):
+    import json
+
+    from qtui.cli import main
+
+    gptq, _ = quantize_saved(source, get_format("int4-g32"), "gptq", tmp_path / "g", calibration=SMALL)
+    rtn, _ = quantize_saved(source, get_format("int4-g32"), "rtn", tmp_path / "r", calibration=SMALL)
+    assert main(["inspect", str(gptq)]) == 0
+    out = capsys.readouterr().out
+    assert "output error" in out and "block" in out and "worst 10 by" in out
+    assert out.count("model.layers.") >= 10
+    assert main(["inspect", str(rtn), "--layer", "0.q", "--vs", str(gptq)]) == 0
+    out = capsys.readouterr().out
+    assert "model.layers.0.self_attn.q_proj" in out and "typical (median error)" in out
+    assert "largest input channels" in out and "| " in out  # two views side by side
+    assert main(["inspect", str(gptq), "--layer", "1.down", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["variants"][0]["method"] == "gptq" and data["linears"][0]["name"].endswith("1.mlp.down_proj")
+    assert main(["inspect", str(gptq), "--layer", "7.q"]) == 1
+    assert "no quantized Linear '7.q'" in capsys.readouterr().err
