@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from qtui import cli_eval, cli_inspect
+from qtui import cli_eval, cli_export, cli_inspect
 from qtui.cli_common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ProgressLine
 
 DEMO_PROMPT = "What is the capital of France?"
@@ -398,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.set_defaults(func=cmd_app)
     cli_eval.register(sub)
+    cli_export.register(sub)
     cli_inspect.register(sub)
     return p
 
