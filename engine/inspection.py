@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import threading
@@ -336,46 +337,73 @@ def activation_top(manifest: Manifest) -> dict[str, tuple[tuple[int, float, floa
 # ------------------------------------------------------------------------------ computing
 @dataclass
 class _Groups:
-    """One Linear's codes, dequantized weights and (with the source) float weights, in groups."""
+    """One Linear's codes and (with the source) float weights, in groups ``[out, g, group]``. Only
+    the last group of a row can be padded (``real`` weights of it are real); padding never counts."""
 
     qw: QuantizedWeight
-    codes: torch.Tensor  # [out, g, group] float
-    deq: torch.Tensor  # [out, g, group]
-    w: torch.Tensor | None  # [out, g, group]
-    mask: torch.Tensor  # [out, g, group] True on real weights
+    codes: torch.Tensor  # [out, g, group] uint8
+    w: torch.Tensor | None  # [out, g, group] float32, zero-padded
+    real: int  # real weights in the last group of a row
 
     @property
     def fmt(self) -> FormatSpec:
         return self.qw.fmt
 
-    def levels(self) -> torch.Tensor:
-        """Every level each group's codes can take: [out, g, levels]."""
-        q = torch.arange(self.fmt.levels, dtype=torch.float32).view(1, 1, -1)
-        return self.fmt.decode(q.expand(*self.codes.shape[:2], -1), self.qw.scales, self.qw.qzeros)
+    @property
+    def n_weights(self) -> int:
+        out_f, n_groups, group = self.codes.shape
+        return out_f * ((n_groups - 1) * group + self.real)
+
+    def count(self, flags: torch.Tensor) -> int:
+        """True entries of ``[out, g, group]`` flags, padding left out."""
+        return int(flags.count_nonzero()) - int(flags[:, -1, self.real :].count_nonzero())
+
+    def unpad(self, t: torch.Tensor) -> torch.Tensor:
+        """``[..., g, group]`` values of the real weights, flattened."""
+        if self.real == t.shape[-1]:
+            return t.flatten()
+        return torch.cat([t[:, :-1].flatten(), t[:, -1, : self.real].flatten()])
+
+    def levels(self, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """The levels each group's codes can take (or just ``codes``): [out, g, levels]."""
+        q = torch.arange(self.fmt.levels, dtype=torch.float32) if codes is None else codes.float()
+        q = q.view(1, 1, -1).expand(*self.codes.shape[:2], -1)
+        return self.fmt.decode(q, self.qw.scales, self.qw.qzeros)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.fmt.decode(self.codes.float(), self.qw.scales, self.qw.qzeros)
 
     def collapsed(self) -> torch.Tensor:
         """[out, g] True where every real weight of the group has the same code."""
-        big = float(self.fmt.levels)
-        lo = self.codes.masked_fill(~self.mask, big).amin(-1)
-        hi = self.codes.masked_fill(~self.mask, -1.0).amax(-1)
-        return lo == hi
+        codes = self.codes
+        if self.real != codes.shape[-1]:  # padding takes the group's first code: no effect
+            codes = codes.clone()
+            codes[:, -1, self.real :] = codes[:, -1, :1]
+        return codes.amin(-1) == codes.amax(-1)
+
+    def collapsed_count(self) -> int:
+        flags = self.collapsed()
+        group = self.codes.shape[-1]
+        return int(flags[:, :-1].count_nonzero()) * group + int(flags[:, -1].count_nonzero()) * self.real
 
     def clipped(self) -> torch.Tensor | None:
         """[out, g, group] True where a source weight lies beyond its grid by more than half a step."""
         if self.w is None:
             return None
-        lv = self.levels()
-        lo, hi = lv.amin(-1, keepdim=True), lv.amax(-1, keepdim=True)
+        ends = self.levels(torch.tensor([0, self.fmt.levels - 1]))
+        lo, hi = ends.amin(-1, keepdim=True), ends.amax(-1, keepdim=True)
         # half a step, plus what rounding the scale to f16 can shift the far end of the grid by
         steps = max(self.fmt.levels - 1, 1)
         margin = (hi - lo) / steps * (0.5 + steps * 2.0**-10)
-        return ((self.w < lo - margin) | (self.w > hi + margin)) & self.mask
+        return (self.w < lo - margin) | (self.w > hi + margin)
 
     def group_error(self) -> torch.Tensor | None:
         """[out, g] squared error of each group (needs the source)."""
         if self.w is None:
             return None
-        return ((self.w - self.deq).pow(2) * self.mask).sum(-1)
+        diff = self.w - self.dequantized()
+        diff[:, -1, self.real :] = 0.0
+        return diff.pow(2).sum(-1)
 
 
 def _groups(
@@ -391,27 +419,26 @@ def _groups(
         variant.get(qzeros) if qzeros in variant else None,
     )
     group = fmt.group_for(shape[1])
-    out_f = shape[0]
-    codes = qw.codes().float().reshape(out_f, -1, group)
-    deq = fmt.decode(codes, qw.scales, qw.qzeros)
-    _, mask = P.grouped(torch.zeros(shape), group)
+    codes = qw.codes().reshape(shape[0], -1, group)
+    real = shape[1] - (codes.shape[1] - 1) * group
     w = None
     if source is not None and f"{name}.weight" in source:
         w, _ = P.grouped(source.get(f"{name}.weight", torch.float32), group)
-    return _Groups(qw, codes, deq * mask, w, mask)
+    return _Groups(qw, codes, w, real)
 
 
 def _stat(name: str, fmt: str, shape: tuple[int, int], g: _Groups, recorded: dict[str, Any]) -> LinearStat:
     block, kind = block_and_kind(name)
-    n = float(g.mask.sum())
-    collapsed = float((g.collapsed().unsqueeze(-1) & g.mask).sum()) / n * 100
-    clipped_mask = g.clipped()
-    clipped = None if clipped_mask is None else float(clipped_mask.sum()) / n * 100
+    n = g.n_weights
+    collapsed = g.collapsed_count() / n * 100
+    clipped_flags = g.clipped()
+    clipped = None if clipped_flags is None else g.count(clipped_flags) / n * 100
     rel, sqnr = recorded.get("rel_error"), recorded.get("sqnr_db")
-    if g.w is not None and rel is None:
-        err, power = float(g.group_error().sum()), float((g.w.pow(2) * g.mask).sum())  # type: ignore[union-attr]
-        rel = (err / max(power, 1e-30)) ** 0.5
-        sqnr = 10 * torch.log10(torch.tensor(max(power, 1e-30) / max(err, 1e-30))).item()
+    err = g.group_error() if g.w is not None and rel is None else None
+    if err is not None and g.w is not None:
+        total, power = float(err.sum()), float(g.w.pow(2).sum())  # padding is zero
+        rel = (total / max(power, 1e-30)) ** 0.5
+        sqnr = 10 * math.log10(max(power, 1e-30) / max(total, 1e-30))
     return LinearStat(
         name, block, kind, fmt, shape,
         _num(rel), _num(sqnr), _num(recorded.get("out_rel_error")),
@@ -536,29 +563,31 @@ def inspect_linear(
     recorded = {e["name"]: e for e in manifest.layers if isinstance(e, dict) and "name" in e}
     g = _groups(index, access.index, name, fmt, shape)
     stat = _stat(name, fmt, shape, g, recorded.get(name, {}))
-    real = g.deq[g.mask]
-    span_of = g.w[g.mask] if g.w is not None else real
+    deq = g.dequantized()
+    real = g.unpad(deq)
+    source_w = g.unpad(g.w) if g.w is not None else None
+    span_of = source_w if source_w is not None else real
     lo, hi = float(span_of.min()), float(span_of.max())
     hi = hi if hi > lo else lo + 1e-6
     edges = torch.linspace(lo, hi, HIST_BINS + 1)
     counts_dq = torch.histc(real.clamp(lo, hi), HIST_BINS, lo, hi)
-    counts_src = None if g.w is None else torch.histc(g.w[g.mask], HIST_BINS, lo, hi)
-    codes = g.codes[g.mask].long()
+    counts_src = None if source_w is None else torch.histc(source_w, HIST_BINS, lo, hi)
+    codes = g.unpad(g.codes).long()
     code_counts = torch.bincount(codes, minlength=g.fmt.levels)
     scales = g.qw.scales.float().flatten()
     err = g.group_error()
     notes = []
     if err is not None:
-        power = (g.w.pow(2) * g.mask).sum(-1).clamp(min=1e-30)  # type: ignore[union-attr]
+        power = g.w.pow(2).sum(-1).clamp(min=1e-30)  # type: ignore[union-attr]  # padding is zero
         flat = err.flatten()
         order = flat.argsort()
         typical_i, worst_i = int(order[len(order) // 2]), int(order[-1])
-        typical = _group_view("typical (median error)", g, typical_i, err, power)
-        worst = _group_view("worst (largest error)", g, worst_i, err, power)
+        typical = _group_view("typical (median error)", g, deq, typical_i, err, power)
+        worst = _group_view("worst (largest error)", g, deq, worst_i, err, power)
     else:
         order = g.qw.scales.float().flatten().argsort()
-        typical = _group_view("typical (median scale)", g, int(order[len(order) // 2]), None, None)
-        worst = _group_view("widest (largest scale)", g, int(order[-1]), None, None)
+        typical = _group_view("typical (median scale)", g, deq, int(order[len(order) // 2]), None, None)
+        worst = _group_view("widest (largest scale)", g, deq, int(order[-1]), None, None)
         notes.append(f"without the source: {access.note}; the histogram is of the dequantized weights")
     act = activation_top(manifest).get(name)
     if act is None:
@@ -589,18 +618,23 @@ def inspect_linear(
 
 
 def _group_view(
-    label: str, g: _Groups, flat: int, err: torch.Tensor | None, power: torch.Tensor | None
+    label: str,
+    g: _Groups,
+    dequantized: torch.Tensor,
+    flat: int,
+    err: torch.Tensor | None,
+    power: torch.Tensor | None,
 ) -> GroupView:
     n_groups = g.codes.shape[1]
     row, grp = divmod(flat, n_groups)
-    mask = g.mask[row, grp]
+    n = g.real if grp == n_groups - 1 else g.codes.shape[-1]
     levels = g.levels()[row, grp]
-    source = g.w[row, grp][mask] if g.w is not None else None
-    deq = g.deq[row, grp][mask]
+    source = g.w[row, grp][:n] if g.w is not None else None
+    deq = dequantized[row, grp][:n]
     error = rms = None
     if err is not None and power is not None:
         error = round(float((err[row, grp] / power[row, grp]).sqrt()), 6)
-        rms = round(float((err[row, grp] / mask.sum()).sqrt()), 8)
+        rms = round(float((err[row, grp] / n).sqrt()), 8)
     return GroupView(
         label=label,
         row=row,
