@@ -127,10 +127,18 @@ class InspectScreen(Screen):
             self._status("no saved variants yet: quantize one (Models, F2)")
 
     def inspect(self, path: str, second: str | None = None) -> None:
-        """Show ``path`` (and ``second`` side by side): what the palette and tests call."""
-        self.query_one("#inspect-a", Select).value = path
-        if second:
-            self.query_one("#inspect-b", Select).value = second
+        """Show ``path`` (and ``second`` side by side), listed or not: what the CLI, the demo and
+        tests call."""
+        from pathlib import Path
+
+        for sel_id, value in (("#inspect-a", path), ("#inspect-b", second)):
+            if not value:
+                continue
+            sel = self.query_one(sel_id, Select)
+            options = [(str(label), v) for label, v in sel._options if isinstance(v, str)]
+            if value not in [v for _, v in options]:
+                sel.set_options([*options, (Path(value).name, value)])
+            sel.value = value
         self.start()
 
     @on(Select.Changed, "#inspect-a")
