@@ -88,3 +88,29 @@ def parse_task_mode(text: str, default: EvalMode = "loglik") -> tuple[str, EvalM
     if mode not in EVAL_MODES:
         raise QtuiError(f"{text!r}: unknown mode {mode!r} (use {', '.join(EVAL_MODES)})")
     return task.strip(), mode  # narrowed to EvalMode by the check above
+
+
+ENGINES = ("torch", "llama.cpp", "remote")  # what a chat column runs on (engine.columns)
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """What a chat column runs: ``target`` (a model spec, a ``.gguf`` file or a URL) on ``engine``."""
+
+    text: str
+    target: str
+    engine: str  # one of ENGINES
+
+
+def parse_column_spec(text: str) -> ColumnSpec:
+    """``default:int4`` -> torch; ``default:int4@llama.cpp`` -> llama.cpp; ``remote:URL`` or an
+    ``http(s)://`` URL -> a remote OpenAI-compatible server (``@torch`` is accepted too)."""
+    raw = text.strip()
+    if raw.startswith("remote:"):
+        return ColumnSpec(text, raw.removeprefix("remote:"), "remote")
+    if raw.startswith(("http://", "https://")):
+        return ColumnSpec(text, raw, "remote")
+    target, sep, engine = raw.rpartition("@")
+    if sep and engine in ("torch", "llama.cpp", "llamacpp"):
+        return ColumnSpec(text, target, "llama.cpp" if engine == "llamacpp" else engine)
+    return ColumnSpec(text, raw, "torch")
