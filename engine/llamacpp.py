@@ -66,6 +66,7 @@ class GGUFInfo:
 
     file_type: str
     tensor_bytes: int
+    bits_per_weight: float  # over every tensor of the file
 
     @classmethod
     def read(cls, path: Path) -> GGUFInfo:
@@ -76,7 +77,9 @@ class GGUFInfo:
         reader = GGUFReader(path)
         types = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) == 2)
         main = max(sorted(types), key=types.__getitem__) if types else "F32"
-        return cls(main, sum(int(t.n_bytes) for t in reader.tensors))
+        nbytes = sum(int(t.n_bytes) for t in reader.tensors)
+        params = sum(int(t.n_elements) for t in reader.tensors)
+        return cls(main, nbytes, nbytes * 8 / params if params else 0.0)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from engine.evals.results import TaskResult
 from engine.inspection import LinearView, VariantTable
@@ -21,6 +21,9 @@ from engine.request import QuantRequest
 from engine.runtime import GenResult, GenSettings, Message, Token, Variant
 from engine.sources import LoadedSource, ModelSource
 from engine.specs import EvalMode
+
+if TYPE_CHECKING:
+    from engine.columns import Column
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,12 @@ class Loaded:
 
 
 def _variant(loaded: Loaded) -> Variant:
-    """The engine's handle of a variant :class:`EngineService` loaded."""
-    return cast(Variant, loaded.handle)
+    """The engine's handle of a variant :class:`EngineService` loaded (a torch column)."""
+    if not isinstance(loaded.handle, Variant):  # a llama.cpp or remote column (engine.columns)
+        from engine.errors import QtuiError
+
+        raise QtuiError(f"{loaded.name} runs on {loaded.backend.split(' (')[0]}: this needs a torch column")
+    return loaded.handle
 
 
 class Service(Protocol):
@@ -211,8 +218,14 @@ class EngineService:
         return VariantInfo.of(saved.path, saved.manifest)
 
     def load(self, spec: str, device: str, progress: ProgressFn, cancel: threading.Event) -> Loaded:
-        from engine import specs, store, variants
+        from engine import columns, specs, store, variants
 
+        if specs.parse_column_spec(spec).engine != "torch":  # SPEC@llama.cpp, remote:URL
+            col = columns.open_column(spec, device, progress, cancel)
+            m = getattr(col, "manifest", None)
+            disk = m.bytes_on_disk if m else col.weight_bytes()
+            bpw = float(getattr(getattr(col, "info", None), "bits_per_weight", 0.0))
+            return Loaded(col.name, col.backend, col.weight_bytes(), disk, bpw, col)
         parsed = specs.parse_model_spec(spec)
         cache: dict[str, LoadedSource] | None = None
         if parsed.source is not None:
@@ -228,12 +241,15 @@ class EngineService:
     def stream(
         self, loaded: Loaded, messages: list[Message], settings: GenSettings, cancel: threading.Event
     ) -> Generator[Token, None, GenResult]:
-        from engine import runtime
+        from engine import columns
 
-        return runtime.stream(_variant(loaded), messages, settings, cancel)
+        return columns.stream(cast("Column", loaded.handle), messages, settings, cancel)
 
     def decode(self, loaded: Loaded, token_ids: list[int]) -> str:
-        text: str = _variant(loaded).tokenizer.decode(token_ids, skip_special_tokens=True)
+        tokenizer = getattr(loaded.handle, "tokenizer", None)  # a remote column has none
+        if tokenizer is None:
+            return ""
+        text: str = tokenizer.decode([i for i in token_ids if i >= 0], skip_special_tokens=True)
         return text
 
     def release_sources(self) -> None:

@@ -215,11 +215,11 @@ class ChatScreen(Screen):
 
     def mark_divergence(self) -> None:
         cols = self.columns
-        if len(cols) < 2 or cols[0].result is None:
+        if len(cols) < 2 or cols[0].result is None or min(cols[0].token_ids, default=0) < 0:
             return
         for col in cols[1:]:
-            if col.result is None:
-                continue
+            if col.result is None or (col.token_ids and min(col.token_ids) < 0):
+                continue  # a remote column streams text, not token ids: nothing to compare
             loaded = self.app.loaded.get(col.key)
             index = first_divergence(cols[0].token_ids, col.token_ids)
             col.show_divergence(index, lambda ids, lo=loaded: self.app.service.decode(lo, ids))

@@ -61,10 +61,18 @@ class ModelsScreen(Screen):
                 yield OptionList(id="sources")
                 yield Input(placeholder="local folder or .gguf path", id="path-input")
                 yield Input(placeholder="hub id (org/name)", id="hub-input")
+                yield Input(placeholder="remote column: http://host:port (OpenAI API)", id="remote-input")
                 yield Static("", id="source-note", classes="note")
             with Vertical(id="variants-pane", classes="pane"):
                 yield Label("Saved variants", classes="pane-title")
                 yield DataTable(id="variants", cursor_type="row")
+                yield Select(
+                    [("engine: torch (qtui)", "torch"), ("engine: llama.cpp (GGUF export)", "llama.cpp")],
+                    id="engine",
+                    allow_blank=False,
+                    tooltip="What the chat column runs on: qtui's torch kernels, or llama.cpp on the "
+                    "variant exported to GGUF (once, cached)",
+                )
                 yield Button("Load into chat (ctrl+o)", id="load", variant="primary")
             with Vertical(id="formats-pane", classes="pane"):
                 yield Label("Formats", classes="pane-title")
@@ -247,7 +255,25 @@ class ModelsScreen(Screen):
             self.app.notify("No saved variant to load; quantize one first", severity="warning")
             return
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        self.app.load_variant(key)
+        engine = self.query_one("#engine", Select).value
+        self.app.load_variant(f"{key}@llama.cpp" if engine == "llama.cpp" else key)
+        self.app.switch_to("chat")
+
+    @on(Input.Submitted, "#remote-input")
+    def _remote_typed(self, event: Input.Submitted) -> None:
+        """A column on an OpenAI-compatible server (llama-server, vLLM, LM Studio, ollama)."""
+        url = event.value.strip()
+        if not url:
+            return
+        from engine.errors import QtuiError
+        from engine.remote import Endpoint
+
+        try:
+            Endpoint.parse(url)
+        except QtuiError as exc:
+            self.app.notify(str(exc), title="Remote", severity="error")
+            return
+        self.app.load_variant(f"remote:{url}")
         self.app.switch_to("chat")
 
     @on(Button.Pressed, "#quantize")

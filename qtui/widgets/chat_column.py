@@ -106,6 +106,9 @@ class ChatColumn(Vertical, can_focus=True):
             text.append(f" / VRAM {human_bytes(result.peak_cuda)}")
         for flag in result.flags + (["stopped"] if result.stopped else []):
             text.append(f" [{flag}]", style="bold reverse red" if flag != "stopped" else "bold yellow")
+        error = getattr(result, "error", "")  # a llama.cpp / remote column that failed (engine.columns)
+        if error:
+            text.append(f"\n{error}", style="bold red")
         return text
 
     def show_divergence(self, index: int | None, tokenizer_decode=None) -> None:
