@@ -34,6 +34,7 @@ NONE = "(none)"
 class TablesReady(Message):
     tables: list[VariantTable] = field(default_factory=list)
     error: str = ""
+    generation: int = 0  # which request this answers (a cancelled one's late answer is dropped)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class LinearReady(Message):
     name: str = ""
     views: list[LinearView] = field(default_factory=list)
     error: str = ""
+    generation: int = 0
 
 
 @dataclass
@@ -75,10 +77,12 @@ class InspectScreen(Screen):
         self.tables: list[VariantTable] = []
         self.views: list[LinearView] = []
         self.metric = "weight"
+        self.metric_chosen = False  # until a user picks one: output error where recorded
         self.progress_text = ""
         self.computing = False
         self.selected: str | None = None
         self._cancel: threading.Event | None = None
+        self.generation = 0  # bumped by every request; answers to older ones are dropped
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -138,7 +142,8 @@ class InspectScreen(Screen):
             options = [(str(label), v) for label, v in sel._options if isinstance(v, str)]
             if value not in [v for _, v in options]:
                 sel.set_options([*options, (Path(value).name, value)])
-            sel.value = value
+            with self.prevent(Select.Changed):
+                sel.value = value
         self.start()
 
     @on(Select.Changed, "#inspect-a")
@@ -150,6 +155,7 @@ class InspectScreen(Screen):
     def _metric_changed(self, event: Select.Changed) -> None:
         if isinstance(event.value, str) and event.value != self.metric:
             self.metric = event.value
+            self.metric_chosen = True
             self.render_tables()
 
     def _paths(self) -> list[str]:
@@ -166,41 +172,44 @@ class InspectScreen(Screen):
         if not paths:
             return
         self.action_cancel()
+        self.generation += 1
         self.computing = True
-        self.compute(paths)
+        self.compute(paths, self.generation)
 
     def _progress(self, done: int, total: int, text: str) -> None:
         self.progress_text = f"{text} ({done}/{total})" if total > 1 else text
 
     @work(thread=True, group="inspect", exclusive=True, exit_on_error=False)
-    def compute(self, paths: list[str]) -> None:
+    def compute(self, paths: list[str], generation: int) -> None:
         cancel = get_current_worker().cancelled_event
         self._cancel = cancel
         try:
             tables = [self.app.service.inspect_variant(p, self._progress, cancel) for p in paths]
         except Cancelled:
-            self.post_message(TablesReady([], "cancelled"))
+            self.post_message(TablesReady([], "cancelled", generation))
             return
         except Exception as exc:
-            self.post_message(TablesReady([], f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)))
+            self.post_message(TablesReady([], str(exc) or type(exc).__name__, generation))
             return
-        self.post_message(TablesReady(tables))
+        self.post_message(TablesReady(tables, "", generation))
 
     @work(thread=True, group="inspect-linear", exclusive=True, exit_on_error=False)
-    def compute_linear(self, paths: list[str], name: str) -> None:
+    def compute_linear(self, paths: list[str], name: str, generation: int) -> None:
         cancel = get_current_worker().cancelled_event
         self._cancel = cancel
         try:
             views = [self.app.service.inspect_linear(p, name, self._progress, cancel) for p in paths]
         except Cancelled:
-            self.post_message(LinearReady(name, [], "cancelled"))
+            self.post_message(LinearReady(name, [], "cancelled", generation))
             return
         except Exception as exc:
-            self.post_message(LinearReady(name, [], str(exc) or type(exc).__name__))
+            self.post_message(LinearReady(name, [], str(exc) or type(exc).__name__, generation))
             return
-        self.post_message(LinearReady(name, views))
+        self.post_message(LinearReady(name, views, "", generation))
 
     def on_tables_ready(self, message: TablesReady) -> None:
+        if message.generation != self.generation:
+            return
         self.computing = False
         self.progress_text = ""
         if message.error:
@@ -209,13 +218,17 @@ class InspectScreen(Screen):
                 self.app.notify(message.error, title="Inspect failed", severity="error", timeout=8)
             return
         self.tables = message.tables
-        if self.metric not in ("weight", "sqnr") and not self.tables[0].has(self.metric):
-            pass  # shown as '-' cells; the status says why
+        if not self.metric_chosen:
+            self.metric = "output" if self.tables[0].has("output") else "weight"
+            with self.prevent(Select.Changed):
+                self.query_one("#inspect-metric", Select).value = self.metric
         self.render_tables()
         if self.selected and self.tables[0].get(self.selected):
             self.open_linear(self.selected)
 
     def on_linear_ready(self, message: LinearReady) -> None:
+        if message.generation != self.generation:
+            return
         self.computing = False
         self.progress_text = ""
         if message.error:
@@ -235,8 +248,10 @@ class InspectScreen(Screen):
         if not paths:
             return
         self.query_one("#linear-title", Static).update(f"{name} (computing...)")
+        self.workers.cancel_group(self, "inspect-linear")
+        self.generation += 1
         self.computing = True
-        self.compute_linear(paths, name)
+        self.compute_linear(paths, name, self.generation)
 
     def action_cancel(self) -> None:
         if self._cancel is not None:

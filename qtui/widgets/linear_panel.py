@@ -45,18 +45,22 @@ class LinearHistogram(PlotextPlot):
         width = (view.bins[1] - view.bins[0]) if len(view.bins) > 1 else 1.0
         plt.bar(centres, list(counts), width=width * 0.9, color="blue")
         top = max(counts) if counts else 1
-        for group, colour in ((view.typical, "green"), (view.worst, "red")):
+        # each group's grid as a rail of dots under the bars: typical (green), worst (red)
+        for group, colour, y in ((view.typical, "green", -0.06 * top), (view.worst, "red", -0.14 * top)):
             levels = list(group.levels)
             if len(levels) > MAX_LINES:
                 levels = [levels[0], levels[-1]]
-            for x in levels:
-                plt.plot([x, x], [0, top], color=colour, marker="braille")
+            plt.scatter(levels, [y] * len(levels), color=colour, marker="●")
         kind = "source" if view.counts_source else "dequantized"
-        plt.title(f"{view.variant}: {kind} weights; grid: typical (green), worst group (red)")
+        plt.title(f"{kind} weights; dots: grid of a typical (green) and the worst group (red)")
         lo, hi = view.bins[0], view.bins[-1]
         for g in (view.typical, view.worst):
             lo, hi = min([lo, *g.levels[:1]]), max([hi, *g.levels[-1:]])
         plt.xlim(lo, hi)
+        plt.ylim(-0.2 * top, top * 1.05)
+        ticks = [lo + (hi - lo) * i / 4 for i in range(5)]
+        plt.xticks(ticks, [f"{t:+.3g}" for t in ticks])
+        plt.yticks([0, top], ["0", str(top)])
         self.refresh()
 
 
@@ -68,6 +72,9 @@ class LinearPanel(Vertical):
     LinearPanel LinearHistogram { height: 1fr; min-height: 10; }
     LinearPanel .linear-facts { height: auto; max-height: 14; }
     """
+
+    def on_mount(self) -> None:
+        self.query_one(LinearHistogram).redraw()
 
     def compose(self) -> ComposeResult:
         yield LinearHistogram(classes="linear-hist")

@@ -3,8 +3,6 @@ a second variant side by side, cancelling a computation, the palette entry."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from qtui.app import QtuiApp
@@ -72,17 +70,19 @@ async def test_metric_switch_and_worst_list(app, fake):
         screen = await open_inspect(pilot, app)
         screen.inspect(gptq)
         await until(pilot, lambda: len(screen.tables) == 1 and not screen.computing)
+        assert screen.metric == "output"  # recorded by this variant: shown first
+        assert screen.query_one("#inspect-metric").value == "output"
         before = screen.query_one("#heatmap").get_cell_at((0, 1))
         screen.query_one("#heatmap").focus()
         await pilot.press("m")
-        await until(pilot, lambda: screen.metric == "sqnr")
+        await until(pilot, lambda: screen.metric == "clipped")
         assert str(screen.query_one("#heatmap").get_cell_at((0, 1))) != str(before)
+        await pilot.press("m", "m", "m")
+        await until(pilot, lambda: screen.metric == "sqnr")
         assert "SQNR" in str(screen.query_one("#inspect-status").render())
-        await pilot.press("m")
-        await until(pilot, lambda: screen.metric == "output")
         await pilot.press("w")
         assert screen.query_one("#worst").has_focus
-        await pilot.press("enter")  # the first row of the worst list
+        await pilot.press("enter")  # the first row of the worst list: the lowest SQNR
         await until(pilot, lambda: len(screen.views) == 1 and not screen.computing)
         assert screen.views[0].name == "model.layers.2.mlp.down_proj"
 
@@ -97,10 +97,9 @@ async def test_escape_cancels_and_keys_still_answer(app, fake):
             pilot,
             lambda: screen.computing and "computing" in str(screen.query_one("#inspect-status").render()),
         )
-        t0 = time.monotonic()
-        await pilot.press("m")  # the UI answers while the worker computes
+        await pilot.press("m")  # the UI answers while the worker computes (bench/ui_latency.py times it)
         await until(pilot, lambda: screen.metric == "sqnr")
-        assert time.monotonic() - t0 < 0.5
+        assert screen.computing and not screen.tables
         await pilot.press("escape")
         await until(pilot, lambda: not screen.computing, timeout=5)
         assert "cancelled" in str(screen.query_one("#inspect-status").render())
