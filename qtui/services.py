@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
+from engine.divergence import Divergence
 from engine.evals.results import TaskResult
 from engine.inspection import LinearView, VariantTable
 from engine.manifest import Manifest
@@ -112,6 +113,15 @@ class Service(Protocol):
         cancel: threading.Event,
     ) -> TaskResult: ...
     def inspect_variant(self, path: str, progress: ProgressFn, cancel: threading.Event) -> VariantTable: ...
+    def divergence(
+        self,
+        baseline: Loaded,
+        loaded: Loaded,
+        messages: list[Message],
+        answer_ids: list[int],
+        system: str | None,
+        cancel: threading.Event,
+    ) -> Divergence: ...
     def inspect_linear(
         self, path: str, name: str, progress: ProgressFn, cancel: threading.Event
     ) -> LinearView: ...
@@ -305,3 +315,19 @@ class EngineService:
         from engine import inspection
 
         return inspection.inspect_linear(Path(path), name, progress, cancel)
+
+    def divergence(
+        self,
+        baseline: Loaded,
+        loaded: Loaded,
+        messages: list[Message],
+        answer_ids: list[int],
+        system: str | None,
+        cancel: threading.Event,
+    ) -> Divergence:
+        """Per-token KLD of ``loaded`` from ``baseline``, teacher-forced on the baseline's answer."""
+        from engine import divergence
+
+        return divergence.divergence(
+            _variant(baseline), _variant(loaded), messages, answer_ids, system, cancel=cancel
+        )

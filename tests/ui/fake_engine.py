@@ -247,3 +247,18 @@ class FakeService:
         return LinearView(table.variant, name, "int4-g64", table.method, stat, 64, bins, counts, counts,
                           tuple(range(16)), (0.004, 0.01, 0.03), group("typical (median error)", 3, 0.05),
                           group("worst (largest error)", 7, 0.3), act, notes)  # fmt: skip
+
+    # ------------------------------------------------------------------ token divergence
+    def divergence(self, baseline, loaded, messages, answer_ids, system, cancel):
+        from engine.divergence import THRESHOLD, Divergence, TokenDivergence
+
+        if cancel.is_set():
+            raise Cancelled("cancelled")
+        words = {i: w for w, i in VOCAB.items()}
+        tokens = []
+        for i, tid in enumerate(answer_ids):  # int2 departs from the 2nd token, int4 only at 'Paris.'
+            kld = (2.5 if i >= 1 else 0.05) if loaded.name.startswith("int2") else (0.8 if i == 5 else 0.02)
+            text = (" " if i else "") + words.get(tid, "?")
+            tokens.append(TokenDivergence(i, tid, text, kld, round(0.9 / (1 + kld), 3), 0.9, kld < 0.5))
+        first = next((t.index for t in tokens if t.kld > THRESHOLD), None)
+        return Divergence(loaded.name, baseline.name, tuple(tokens), THRESHOLD, first)
