@@ -15,6 +15,7 @@ from textual.widgets import Footer, Header, Input, Static
 from engine.multichat import round_robin
 from engine.runtime import GenSettings
 from qtui.messages import ColumnDone, ColumnText, GenerationFinished
+from qtui.screens.chat_divergence import DivergenceMixin
 from qtui.widgets.chat_column import ChatColumn
 
 FLUSH_S = 1 / 30  # batch tokens per column: at most ~30 UI updates a second each
@@ -28,7 +29,7 @@ def first_divergence(base: list[int], other: list[int]) -> int | None:
     return len(base) if len(other) > len(base) else None
 
 
-class ChatScreen(Screen):
+class ChatScreen(DivergenceMixin, Screen):
     BINDINGS = [
         Binding(
             "escape",
@@ -60,6 +61,14 @@ class ChatScreen(Screen):
             "Export",
             tooltip="Save the conversation as Markdown and JSON",
             id="chat.export",
+            priority=True,
+        ),
+        Binding(
+            "ctrl+t",
+            "toggle_divergence",
+            "Divergence",
+            tooltip="Colour each column's tokens by KLD from the baseline (teacher-forced on its answer)",
+            id="chat.divergence",
             priority=True,
         ),
         Binding(
@@ -139,6 +148,7 @@ class ChatScreen(Screen):
         await self.send(prompt)
 
     async def send(self, prompt: str) -> None:
+        self.workers.cancel_group(self, "divergence")  # the models are needed for the answer now
         self.last_prompt = prompt
         self.generating = True
         settings = self.app.gen_settings()
@@ -203,6 +213,8 @@ class ChatScreen(Screen):
     def on_generation_finished(self, message: GenerationFinished) -> None:
         self.generating = False
         self.mark_divergence()
+        if not message.stopped:
+            self.start_token_divergence()  # qtui.screens.chat_divergence
         prompt = self.query_one("#prompt", Input)
         if message.stopped and not prompt.value:
             prompt.value = self.last_prompt  # Esc gives the prompt back
