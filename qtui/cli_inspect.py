@@ -17,6 +17,10 @@ from qtui.cli_common import EXIT_OK, ProgressLine
 
 
 def register(sub) -> None:
+    """``qtui inspect``, and ``--divergence`` on ``qtui chat`` (both issue 12's, kept out of cli.py)."""
+    from qtui.cli_divergence import extend_chat
+
+    extend_chat(sub)
     p = sub.add_parser("inspect", help="per-Linear errors of a saved variant; one Linear up close")
     p.add_argument("variant", help="a variant folder, MODEL:FORMAT (with --method) or a saved variant's name")
     p.add_argument("--layer", "-l", help="one Linear: its name or BLOCK.KIND (e.g. 3.q, 12.down)")

@@ -76,3 +76,39 @@ def test_kld_matches_a_direct_computation(pair):
     n = len(ids) - 3
     direct = (p.exp() * (p - q)).sum(-1)[n - 1 : n + 2]
     assert [t.kld for t in d.tokens] == pytest.approx(direct.tolist(), rel=1e-3, abs=1e-4)
+
+
+def test_cli_chat_divergence(tmp_path, capsys):
+    import json
+
+    from engine import sources
+    from qtui.cli import main
+    from tests.helpers import quantize_saved
+
+    src = tmp_path / "src"
+    build_model("llama").save_pretrained(src)
+    build_tokenizer().save_pretrained(src)
+    folder, _ = quantize_saved(
+        sources.load(str(src), eager=False), get_format("int2-g32"), "rtn", tmp_path / "v"
+    )
+    argv = [
+        "chat",
+        str(src),
+        str(folder),
+        "--divergence",
+        "-p",
+        "hello",
+        "--max-tokens",
+        "6",
+        "--device",
+        "cpu",
+    ]
+    assert main([*argv, "--kld-threshold", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "per-token KLD on bf16's answer (first over 0 at token 1)" in out
+    assert out.count("<- first over 0") == 1 and "top-1 agreement" in out
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "divergence" not in data[0] and len(data[1]["divergence"]["tokens"]) == 6
+    with pytest.raises(SystemExit, match="two variants or more"):
+        main(["chat", str(src), "--divergence", "-p", "hi"])
