@@ -12,7 +12,7 @@ from engine.quant import calibration as C
 from engine.quant.formats import get_format
 from tests.helpers import quantize_saved, until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # quantizes GPTQ on the CPU
 
 CALIB = C.CalibrationSpec(samples=8, seq_len=128)  # shorter than the default: CI time
 
