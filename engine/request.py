@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from engine import budget, devices, sources, store, typed
-from engine.quant.calibration import CalibrationSpec
+from engine import budget, devices, limits, sources, store, typed
+from engine.quant.calibration import BUILTIN, CalibrationSpec
 from engine.quant.formats import FormatSpec, get_format
 from engine.quant.methods import MethodConfig, MethodSpec, get_method
 from engine.quant.plan import QuantOptions
@@ -58,6 +58,8 @@ class QuantRequest:
             params = typed.parse_assignments(params, f"method {meth.name} parameter")
         config = meth.configure(params)
         calib = specs.parse_calibration(calibration) if isinstance(calibration, str) else calibration
+        if calib is not None and calib.source != BUILTIN:  # a missing or binary file: now, not after the load
+            limits.check_text_file(Path(calib.source).expanduser(), "calibration file")
         src = sources.resolve(source) if isinstance(source, str) else source
         return cls(
             src,

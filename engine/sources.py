@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import paths, reference
+from engine import integrity, locks, paths, reference
 from engine.errors import Cancelled, SourceError
 from engine.progress import ProgressFn
 
@@ -124,9 +124,10 @@ def file_sha256(path: Path, progress: ProgressFn = _noop, cancel: threading.Even
 
 def content_hash(folder: Path) -> str:
     """sha256 over the weight files of a model folder, cached by (path, size, mtime)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
-    if folder.is_file():
+    if folder.is_file():  # a .gguf source is one file
         files = [folder]
+    else:
+        files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
     key = json.dumps([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
     cache_file = paths.cache_dir() / "hashes.json"
     try:
@@ -276,14 +277,40 @@ def convert_gguf(
     added to ``qtui-source.json``; ``reading`` wraps transformers' read of the file. The folder
     appears atomically (built beside it, then renamed)."""
     import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors import SafetensorError
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     stored = {torch.bfloat16: "bf16 ", torch.float16: "f16 "}.get(dtype, "") if dtype is not None else ""
-    progress(0, 1, f"converting {gguf_path.name} to {stored}safetensors (once)")
     _check_gguf_header(gguf_path)
+    marker = folder / "qtui-source.json"
+    converted_before = marker.exists()
+    # one conversion at a time per folder: a second process waits, then uses the first one's
+    with locks.exclusive(folder, "converted", wait=True):
+        if marker.exists() and not converted_before:
+            return folder
+        progress(0, 1, f"converting {gguf_path.name} to {stored}safetensors (once)")
+        try:
+            _convert_gguf(gguf_path, folder, source_hash, dtype, extra_files, info, reading)
+        except (OSError, SafetensorError) as exc:  # a full or read-only cache: one line
+            raise locks.write_error(exc, folder) from exc
+    progress(1, 1, "converted")
+    return folder
+
+
+def _convert_gguf(
+    gguf_path: Path,
+    folder: Path,
+    source_hash: str | None,
+    dtype: torch.dtype | None,
+    extra_files: dict[str, bytes] | None,
+    info: dict[str, object] | None,
+    reading: contextlib.AbstractContextManager[object] | None,
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         with reading or contextlib.nullcontext():
             model = AutoModelForCausalLM.from_pretrained(
@@ -322,12 +349,12 @@ def convert_gguf(
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    progress(1, 1, "converted")
-    return folder
 
 
 def _check_gguf_header(path: Path) -> None:
     """Fail early and clearly on a file that is not GGUF or is cut short."""
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path} is empty (0 bytes), not a GGUF file")
     try:
         from gguf import GGUFReader
 
@@ -360,6 +387,7 @@ def _check_folder(path: Path) -> None:
     weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin")]
     if not weights:
         raise SourceError(f"{path} has a config.json but no weights (*.safetensors or *.bin)")
+    integrity.check_not_orphan_variant(path)  # packed codes would be skipped, the weights left random
     try:
         data = json.loads(cfg.read_text())
     except ValueError as exc:

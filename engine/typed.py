@@ -74,6 +74,13 @@ def build(cls: type[T], values: Mapping[str, object] | None, what: str) -> T:
     return cls(**kwargs)
 
 
+def check_value(cls: type, name: str, raw: object, label: str) -> Any:
+    """One field of the config class ``cls`` parsed and bounds-checked on its own; a bad value is
+    a :class:`ConfigError` naming ``label`` (the flag a user typed, e.g. ``--top-p``)."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return _check(label, _convert(label, typing.get_type_hints(cls)[name], raw), field.metadata)
+
+
 def values(obj: object) -> dict[str, Any]:
     """The fields of a config instance as a plain dict (what manifests and settings.json hold)."""
     return dataclasses.asdict(obj)  # type: ignore[call-overload, no-any-return]

@@ -13,10 +13,11 @@ import threading
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from engine import budget, runtime, sources, store, stream
-from engine.errors import Cancelled, QtuiError
+from engine import budget, integrity, limits, locks, runtime, sources, store, stream
+from engine.errors import Cancelled, QtuiError, StoreError
 from engine.lazy import LazyModel
 from engine.progress import ProgressFn, no_progress
 from engine.quant.calibration import CalibrationSpec
@@ -79,15 +80,41 @@ def quantize_and_save(
     Calibrated methods (and ``keep_sensitive``) use ``request.calibration`` (default: the built-in
     set); giving one makes any method run block by block and record per-Linear output errors.
     """
+    # one writer per variant: a second process asking for the same one is told, nothing is mixed
+    with locks.exclusive(request.dest, "quantized"):
+        if (request.dest / store.MANIFEST).exists() and not request.overwrite:
+            raise StoreError(f"{request.dest} already exists; use --force (overwrite) to redo")
+        try:
+            return _quantize_and_save(request, progress, cancel, loaded)
+        except SafetensorError as exc:  # safetensors' own error type, even for a full disk
+            if "serializ" in str(exc).lower():  # writing the variant ("Error while serializing")
+                raise locks.write_error(exc, request.dest) from exc
+            raise QtuiError(f"could not read the weights of {request.source.ref}: {_short(exc)}") from exc
+        except torch.linalg.LinAlgError as exc:  # type: ignore[attr-defined]  # the public name (see gptq)
+            raise QtuiError(
+                f"{request.method.name}: {_short(exc)} (non-finite weights or calibration activations, "
+                "or too few calibration tokens); try a larger -p percdamp, more --samples or other "
+                "calibration data; nothing was saved"
+            ) from exc
+
+
+def _quantize_and_save(
+    request: QuantRequest,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+    loaded: sources.LoadedSource | None,
+) -> store.SaveInfo:
     if loaded is None:
         loaded = sources.load(request.source, progress=progress or no_progress, cancel=cancel, eager=False)
     fmt, meth, options = request.fmt, request.method, request.options
     calib = None
+    lazy = loaded.lazy() if streamable(request) else None
     if not fmt.is_float and (
         request.calibration is not None or meth.needs_calibration or options.keep_sensitive
     ):
-        calib = build_calibration(request.calibration or CalibrationSpec(), loaded.tokenizer)
-    lazy = loaded.lazy() if streamable(request) else None
+        spec = request.calibration or CalibrationSpec()
+        limits.check_seq_len(spec.seq_len, _config(loaded, lazy))
+        calib = build_calibration(spec, loaded.tokenizer)
     est = estimate_memory(request, loaded, lazy)
     budget.check(est, request.max_memory or budget.default_budget())
     if progress:
@@ -126,6 +153,22 @@ def quantize_and_save(
     )  # fmt: skip
 
 
+def _config(loaded: sources.LoadedSource, lazy: LazyModel | None) -> object:
+    """The source model's config without reading its weights."""
+    from transformers import AutoConfig
+
+    if lazy is not None:
+        return lazy.model.config
+    if loaded.given_in_memory:
+        return loaded.model.config
+    return AutoConfig.from_pretrained(loaded.folder)
+
+
+def _short(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def open_spec(
     spec: ModelSpec | str,
     device: torch.device | str | None = None,
@@ -137,6 +180,9 @@ def open_spec(
     if isinstance(spec, str):
         spec = parse_model_spec(spec)
     if spec.folder is not None:
+        manifest = store.read_manifest(spec.folder)
+        store.verify_files(spec.folder, manifest)  # sizes first: a cut file is named as cut
+        integrity.check_variant_shapes(spec.folder, manifest)
         return load_variant(spec.folder, device)
     assert spec.source is not None
     fmt = spec.fmt

@@ -94,6 +94,7 @@ class QtuiApp(App):
         super().__init__()
         self.service = service or EngineService()
         self.settings = settings or Settings.load()
+        self.settings.on_error = self._settings_not_saved  # an unwritable settings.json is a notice
         self.autoload = autoload
         self.jobs: dict[int, QuantJob] = {}
         self.loaded: dict[str, Loaded] = {}
@@ -114,6 +115,9 @@ class QtuiApp(App):
             self.set_interval(1.0, self.sample_resources)
         if self.autoload:
             self.bootstrap()
+
+    def _settings_not_saved(self, message: str) -> None:
+        self.notify(message, title="Settings", severity="warning", timeout=10)
 
     def watch_theme(self, theme: str) -> None:
         if self.settings.theme != theme:

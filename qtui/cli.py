@@ -6,14 +6,17 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
 
+from engine.errors import QtuiError
 from qtui import cli_eval, cli_export, cli_inspect
 from qtui.cli_common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ProgressLine
+from qtui.textsafe import visible
 
 DEMO_PROMPT = "What is the capital of France?"
 
@@ -52,15 +55,17 @@ def quantize_request(args):
     from engine.request import QuantRequest
 
     calib = None
-    if args.calib or args.samples or args.seq_len:
-        d = CalibrationSpec()
+    if args.calib is not None or args.samples is not None or args.seq_len is not None:
+        d = CalibrationSpec()  # 0 is a value to check, not "the default"
         calib = specs.calibration_spec(
             {
                 "source": args.calib or d.source,
-                "samples": args.samples or d.samples,
-                "seq_len": args.seq_len or d.seq_len,
+                "samples": d.samples if args.samples is None else args.samples,
+                "seq_len": d.seq_len if args.seq_len is None else args.seq_len,
             }
         )
+    if args.keep_sensitive < 0:
+        raise QtuiError(f"--keep-sensitive must be 0 or more, got {args.keep_sensitive}")
     options = QuantOptions(
         args.quantize_embeddings,
         args.quantize_head,
@@ -172,21 +177,25 @@ def cmd_variants(args) -> int:
 
 
 def _settings(args):
+    """The generation settings, each value checked against GenSettings' bounds (named by its flag)."""
     from engine.runtime import GenSettings
+    from engine.typed import check_value
 
     return GenSettings(
-        max_new_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
+        max_new_tokens=check_value(GenSettings, "max_new_tokens", args.max_tokens, "--max-tokens"),
+        temperature=check_value(GenSettings, "temperature", args.temperature, "--temperature"),
+        top_p=check_value(GenSettings, "top_p", args.top_p, "--top-p"),
+        seed=check_value(GenSettings, "seed", args.seed, "--seed"),
         system=args.system,
     )
 
 
 def cmd_chat(args) -> int:
-    from engine import runtime, specs, variants
+    from engine import limits, runtime, specs, variants
 
     settings = _settings(args)
+    if not args.prompt.strip():
+        raise QtuiError("the prompt is empty; give some text with --prompt")
     cache: dict = {}
     bar = ProgressLine()
     loaded = []
@@ -198,12 +207,14 @@ def cmd_chat(args) -> int:
     finally:
         bar.close()
     cache.clear()
+    for variant in loaded:  # before any answer: a prompt + limit no variant can hold is refused
+        limits.check_prompt(variant, args.prompt, settings)
     results = []
     for variant in loaded:
         if args.stream and len(loaded) == 1:
             print(f"== {variant.name} ==")
             result = runtime.generate(
-                variant, args.prompt, settings, on_token=lambda t: print(t.text, end="", flush=True)
+                variant, args.prompt, settings, on_token=lambda t: print(visible(t.text), end="", flush=True)
             )
             print()
         else:
@@ -246,14 +257,16 @@ def _stats(variant, result) -> list[str]:
 
 
 def print_side_by_side(results, prompt: str, width: int | None = None) -> None:
+    """Answers next to each other; what the prompt and the models wrote is shown, never obeyed
+    by the terminal (escape sequences and control characters are printed visibly)."""
     width = width or shutil.get_terminal_size((120, 40)).columns
-    print(f"> {prompt}\n")
+    print(f"> {visible(prompt)}\n")
     n = len(results)
     col = (width - 3 * (n - 1)) // max(n, 1)
     if n == 1 or col < 28:
         for variant, result in results:
             print(f"== {variant.name} ==")
-            print(textwrap.fill(result.text, width=width, replace_whitespace=False) or "(empty)")
+            print(textwrap.fill(visible(result.text), width=width, replace_whitespace=False) or "(empty)")
             for line in _stats(variant, result):
                 print(f"   {line}")
             print()
@@ -261,7 +274,7 @@ def print_side_by_side(results, prompt: str, width: int | None = None) -> None:
     blocks = []
     for variant, result in results:
         lines = [variant.name.center(col, "="), ""]
-        for para in (result.text or "(empty)").splitlines() or [""]:
+        for para in (visible(result.text) or "(empty)").splitlines() or [""]:
             lines += textwrap.wrap(para, col) or [""]
         lines.append("-" * col)
         for stat in _stats(variant, result):
@@ -400,26 +413,86 @@ def build_parser() -> argparse.ArgumentParser:
     cli_eval.register(sub)
     cli_export.register(sub)
     cli_inspect.register(sub)
+    debug_help = "show Python tracebacks instead of one-line errors"
+    p.add_argument("--debug", action="store_true", help=debug_help)
+    for command in sub.choices.values():  # also accepted after the command
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.errors import QtuiError
-
+    """Run one command. A user's mistake or a fault (a full disk, a read-only folder, a corrupt
+    file) is one line on stderr and exit 1; a traceback is shown only with ``--debug``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["app", *(argv or [])])
-    if getattr(args, "command", None) == "chat" and not args.prompt:
+    if getattr(args, "command", None) == "chat" and args.prompt is None:
         parser.error("chat needs --prompt")
+    debug = bool(getattr(args, "debug", False))
+    interrupted = threading.Event()
+    previous = _on_sigint(interrupted)
     try:
+        clean_stale_writes()
         return args.func(args)
-    except QtuiError as exc:
-        print(f"qtui: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print("\nqtui: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if interrupted.is_set():  # Ctrl-C inside a library can surface as its own error
+            print("\nqtui: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if debug:
+            raise
+        print(f"qtui: error: {visible(error_line(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _on_sigint(interrupted: threading.Event):
+    """Ctrl-C raises KeyboardInterrupt as usual and is remembered; returns the handler it replaced
+    (None when not on the main thread, where handlers cannot be set)."""
+
+    def handler(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, handler)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for any exception: a QtuiError's own message; an OSError as what and where; anything
+    else (a bug in qtui or a library) with its type and a pointer to ``--debug``."""
+    import errno
+
+    if isinstance(exc, QtuiError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        text = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+        text = f"{text}{where}"
+    elif isinstance(exc, MemoryError):
+        text = "out of memory; try a smaller model, fewer --samples or a shorter --seq-len"
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        text = f"{type(exc).__name__}: {first} (unexpected; run again with --debug for the traceback)"
+    return " ".join(text.splitlines())
+
+
+def clean_stale_writes() -> list[Path]:
+    """Remove what a killed qtui left half-written (hidden temporary folders no live process
+    holds) in the variants folder and the converted-models cache; see engine.locks."""
+    from engine import locks, paths
+
+    removed = locks.clean_stale(paths.variants_dir(), depth=2)
+    removed += locks.clean_stale(paths.cache_dir() / "models", depth=1)
+    for path in removed:
+        print(f"qtui: removed {path} (left by an interrupted save)", file=sys.stderr)
+    return removed
 
 
 if __name__ == "__main__":

@@ -22,11 +22,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args):
+    """Evaluation settings, each value checked against EvalSettings' bounds (named by its flag)."""
+    from engine.errors import QtuiError
     from engine.evals.api import EvalSettings
+    from engine.typed import check_value
 
-    return EvalSettings(
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, system=args.system, ctx=args.ctx
-    )
+    if args.limit is not None and args.limit < 1:
+        raise QtuiError(f"--limit must be 1 or more, got {args.limit}")
+    flags = {"max_new_tokens": "--max-new-tokens", "batch_size": "--batch-size", "ctx": "--ctx"}
+    values = {
+        name: check_value(EvalSettings, name, getattr(args, name), flag) for name, flag in flags.items()
+    }
+    return EvalSettings(system=args.system, **values)
 
 
 def _tasks(values: list[str]) -> list[str]:

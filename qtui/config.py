@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 from engine import paths, specs, typed
 from engine.errors import QtuiError
@@ -29,6 +32,10 @@ class Settings:
     top_p: float = 1.0
     seed: int = 0
     theme: str = "textual-dark"
+
+    # not settings: who hears that a save failed (the app sets it), and the last such message
+    on_error: ClassVar[Callable[[str], None] | None] = None
+    last_error: ClassVar[str] = ""
 
     def generation(self) -> GenSettings:
         return GenSettings(**{name: getattr(self, name) for name in GENERATION})
@@ -60,6 +67,11 @@ class Settings:
     def _checked(self) -> Settings:
         """Values from an older or hand-edited file, parsed; what cannot be parsed is reset."""
         defaults = Settings()
+        for name in ("model", "method", "device", "theme"):  # a hand-edited type is reset
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                setattr(self, name, getattr(defaults, name))
+        if not isinstance(self.formats, list) or not all(isinstance(f, str) for f in self.formats):
+            self.formats = defaults.formats
         if isinstance(self.method_params, str):  # written by qtui <= 0.1 as "KEY=VALUE ..."
             try:
                 self.method_params = dict(typed.parse_assignments(self.method_params))
@@ -96,9 +108,23 @@ class Settings:
         c = self.calibration
         return f"{c['source']}:{c['samples']}x{c['seq_len']}" if c else ""
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Write the settings atomically. A file or folder that cannot be written (read-only, full,
+        a folder where the file should be) is reported once per message through ``on_error`` (the
+        app shows it) and never raised: the app goes on with the settings it holds."""
         path = self.path()
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(asdict(self), indent=1))
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            message = f"settings not saved to {path}: {exc.strerror or exc}"
+            if self.on_error is not None and message != self.last_error:
+                self.on_error(message)
+            self.last_error = message
+            return False
+        self.last_error = ""
+        return True

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from engine import limits
 from engine.errors import QtuiError
 from engine.evals import fidelity as fid
 from engine.evals import results as res
@@ -33,6 +34,7 @@ from engine.machine import machine_text
 from engine.progress import ProgressFn
 from engine.runtime import Variant
 from engine.specs import EVAL_MODES, EvalMode
+from engine.typed import check_value, option
 
 if TYPE_CHECKING:
     from engine.sources import LoadedSource, ModelSource
@@ -42,11 +44,15 @@ ItemRecord = dict[str, Any]  # one item's outcome, as stored in TaskResult.items
 
 @dataclass(frozen=True)
 class EvalSettings:
-    max_new_tokens: int = 256  # generate
-    batch_size: int = 8  # generate: prompts per batch
+    max_new_tokens: int = option(256, "generate: token limit per answer", min=1, max=32768)
+    batch_size: int = option(8, "generate: prompts decoded together", min=1, max=1024)
     system: str | None = None  # generate: system prompt
-    ctx: int = 512  # fidelity: window length
-    k: int = 4096  # fidelity: reference top-k kept
+    ctx: int = option(512, "fidelity: window length in tokens", min=2, max=1 << 20)
+    k: int = option(4096, "fidelity: reference top-k kept", min=1)
+
+    def __post_init__(self) -> None:  # a zero batch or window is a one-line error, not a crash
+        for name in ("max_new_tokens", "batch_size", "ctx", "k"):
+            check_value(EvalSettings, name, getattr(self, name), name)
 
 
 @dataclass
@@ -148,6 +154,8 @@ def run(
         subject = subject_from_variant(subject)
     if mode not in EVAL_MODES:  # callers pass what a user typed
         raise QtuiError(f"unknown mode {mode!r}; use one of {', '.join(EVAL_MODES)}")
+    if limit is not None and limit < 1:
+        raise QtuiError(f"--limit must be 1 or more, got {limit}")
     if mode == "fidelity":
         return _fidelity(subject, task if isinstance(task, str) else task.name, limit, data, settings,
                          progress, cancel, use_cache)  # fmt: skip
@@ -292,6 +300,8 @@ def _fidelity(
     use_cache: bool,
 ) -> res.TaskResult:
     path = text_path(name, data)
+    limits.check_text_file(path, "fidelity text")
+    limits.check_seq_len(settings.ctx, subject.variant.model.config, "--ctx")
     max_tokens = limit or 4096
     text_hash = file_hash(path)
     used = {"ctx": settings.ctx, "k": settings.k, "max_tokens": max_tokens, "text": path.name}

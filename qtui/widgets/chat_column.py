@@ -11,6 +11,7 @@ from textual.widgets import Markdown, Static
 
 from engine.runtime import GenResult
 from engine.units import human_bytes
+from qtui.textsafe import visible
 
 
 class ChatColumn(Vertical, can_focus=True):
@@ -64,7 +65,7 @@ class ChatColumn(Vertical, can_focus=True):
         self.result = None
         self.running = True
         self.remove_class("same-as-baseline")
-        await self.body.mount(Static(Text("> " + prompt, style="bold"), classes="col-prompt"))
+        await self.body.mount(Static(Text("> " + visible(prompt), style="bold"), classes="col-prompt"))
         self._answer = Markdown("", classes="col-answer")
         await self.body.mount(self._answer)
         self._stream = Markdown.get_stream(self._answer)
@@ -77,7 +78,7 @@ class ChatColumn(Vertical, can_focus=True):
             return
         follow = self._at_bottom()
         self.answer_text += text
-        await self._stream.write(text)
+        await self._stream.write(visible(text))  # a model's escape sequences are shown, not obeyed
         rate = tokens / elapsed if elapsed > 0 else 0.0
         self.status.update(f"{tokens} tok, ~{rate:.1f} tok/s")
         if follow:
@@ -91,7 +92,7 @@ class ChatColumn(Vertical, can_focus=True):
             await self._stream.stop()
             self._stream = None
         if self._answer is not None and result.text != self.answer_text:
-            await self._answer.update(result.text)  # catch any text still in flight
+            await self._answer.update(visible(result.text))  # catch any text still in flight
         self.answer_text = result.text
         self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": result.text}]
         self._stats = self.stats_text(result, weight_bytes)
@@ -129,9 +130,9 @@ class ChatColumn(Vertical, can_focus=True):
         body = rest[lead:]
         token = (tokenizer_decode(self.token_ids[index : index + 1]) if tokenizer_decode else "").strip()
         n = len(token) if token and body.startswith(token) else max(len(body.split(" ")[0]), 1)
-        marked = Text(prefix + rest[:lead])
-        marked.append(body[:n], style="bold reverse magenta")  # the first departing token
-        marked.append(body[n:])
+        marked = Text(visible(prefix + rest[:lead]))
+        marked.append(visible(body[:n]), style="bold reverse magenta")  # the first departing token
+        marked.append(visible(body[n:]))
         divergence = Static(marked, classes="col-answer col-diverged")
         divergence.tooltip = f"departs from the baseline at token {index + 1}"
         self._answer.display = False
