@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from engine.errors import QtuiError
 
 if TYPE_CHECKING:
-    from engine.runtime import GenSettings, Variant
+    from engine.runtime import GenSettings, Message, Variant
 
 CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
@@ -42,8 +42,11 @@ def check_seq_len(seq_len: int, config: object, flag: str = "--seq-len") -> None
         )
 
 
-def check_generation(prompt_tokens: int, max_new_tokens: int, config: object) -> None:
-    """A prompt and the answer it may get must fit the model's context together."""
+def check_generation(
+    prompt_tokens: int, max_new_tokens: int, config: object, flag: str = "--max-tokens"
+) -> None:
+    """A prompt and the answer it may get must fit the model's context together (``flag`` is
+    what the user sets the answer limit with)."""
     ctx = model_context(config)
     if ctx is None:
         return
@@ -54,17 +57,20 @@ def check_generation(prompt_tokens: int, max_new_tokens: int, config: object) ->
         )
     if prompt_tokens + max_new_tokens > ctx:
         raise LimitError(
-            f"--max-tokens {max_new_tokens} plus the prompt's {prompt_tokens} tokens is more than the "
-            f"model's context ({ctx} tokens); use --max-tokens {ctx - prompt_tokens} or less"
+            f"{flag} {max_new_tokens} plus the prompt's {prompt_tokens} tokens is more than the "
+            f"model's context ({ctx} tokens); use {flag} {ctx - prompt_tokens} or less"
         )
 
 
-def check_prompt(variant: Variant, prompt: str, settings: GenSettings) -> None:
-    """:func:`check_generation` for ``prompt`` as ``variant`` will see it (chat template included)."""
+def check_prompt(
+    variant: Variant, prompt: str | list[Message], settings: GenSettings, flag: str = "--max-tokens"
+) -> None:
+    """:func:`check_generation` for ``prompt`` (a text or a conversation) as ``variant`` will see
+    it, chat template included."""
     from engine.runtime import chat_ids
 
     n = int(chat_ids(variant.tokenizer, prompt, settings.system).shape[1])
-    check_generation(n, settings.max_new_tokens, variant.model.config)
+    check_generation(n, settings.max_new_tokens, variant.model.config, flag)
 
 
 def check_text_file(path: Path, what: str) -> None:

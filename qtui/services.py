@@ -251,8 +251,10 @@ class EngineService:
     def stream(
         self, loaded: Loaded, messages: list[Message], settings: GenSettings, cancel: threading.Event
     ) -> Generator[Token, None, GenResult]:
-        from engine import columns
+        from engine import columns, limits
 
+        if isinstance(loaded.handle, Variant):  # a conversation past the context: a notice, not garbage
+            limits.check_prompt(loaded.handle, messages, settings, "max tokens")
         return columns.stream(cast("Column", loaded.handle), messages, settings, cancel)
 
     def decode(self, loaded: Loaded, token_ids: list[int]) -> str:

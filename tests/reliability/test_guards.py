@@ -152,3 +152,23 @@ def test_the_tree_never_unpickles_or_runs_remote_code():
                 if (loads or remote) and path.name != os.path.basename(__file__):
                     found.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert found == []
+
+
+def test_the_app_refuses_a_conversation_past_the_context(world):
+    """The chat columns' service checks a conversation against the context before streaming."""
+    import threading
+
+    from engine import variants
+    from engine.runtime import GenSettings
+    from qtui.services import EngineService, Loaded
+
+    variant = variants.open_spec(str(world.folder), "cpu")
+    loaded = Loaded("bf16", variant.backend, 0, 0, 16.0, variant)
+    service, cancel = EngineService(), threading.Event()
+    long_talk = [{"role": "user", "content": "word " * 30}]
+    with pytest.raises(limits.LimitError, match=r"max tokens 200 plus the prompt's \d+ tokens is more"):
+        service.stream(loaded, long_talk, GenSettings(max_new_tokens=200), cancel)
+    answer = service.stream(
+        loaded, [{"role": "user", "content": "hi"}], GenSettings(max_new_tokens=2), cancel
+    )
+    assert len(list(answer)) == 2
