@@ -569,12 +569,20 @@ class LoadedSource:
         from transformers import AutoModelForCausalLM
 
         try:
-            model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(self.folder, dtype=dtype)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                self.folder, dtype=dtype, output_loading_info=True
+            )
         except Exception as exc:
             raise SourceError(
                 f"could not load weights from {self.folder} (truncated or corrupt?): {_short(exc)}"
             ) from exc
-        return model.eval()
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # transformers would fill them with random values and answer garbage
+            raise SourceError(
+                f"{self.folder}: the weights lack {len(missing)} tensor(s) the model needs, e.g. {missing[0]}"
+            )
+        loaded: torch.nn.Module = model
+        return loaded.eval()
 
     def lazy(self) -> LazyModel | None:
         """A view that reads one module at a time, or None when the weights are not safetensors

@@ -101,6 +101,15 @@ def cut_source_weights(ctx: Ctx) -> None:
     builders.truncate(ctx.inp / "model.safetensors", 1000)
 
 
+def missing_tensor(ctx: Ctx) -> None:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(ctx.world.folder, ctx.inp)
+    tensors = load_file(ctx.inp / "model.safetensors")
+    tensors.pop("model.layers.1.mlp.down_proj.weight")
+    save_file(tensors, ctx.inp / "model.safetensors", metadata={"format": "pt"})
+
+
 def orphan_variant(ctx: Ctx) -> None:
     shutil.copytree(ctx.world.variant, ctx.inp)
     (ctx.inp / "qtui-manifest.json").unlink()
@@ -354,6 +363,8 @@ CASES = [
          "is not supported", "in,variants", unsupported_arch),
     Case("src-cut-weights", S, "a source whose safetensors file is cut short", "quantize {in} --format int4",
          1, "model.safetensors", "in,variants", cut_source_weights),
+    Case("src-missing-tensor", S, "a source whose weights lack a tensor (chat would run random weights)",
+         "chat {in} --prompt hi", 1, "the weights lack 1 tensor(s) the model needs", "in,variants", missing_tensor),
     Case("src-not-gguf-file", S, "a file that is not .gguf", "chat {in}/notes.txt --prompt hi", 1,
          "is a file but not a .gguf", "in,variants", text_file("notes.txt", "hello")),
     Case("src-hub-offline", S, "a hub id with no network", "quantize nobody/no-such-model --format int4", 1,
