@@ -127,7 +127,7 @@ def _variant(text: str, model: str, where: str) -> tuple[str, str]:
     try:
         fmt = get_format(text)
     except QtuiError as exc:
-        raise DemoError(f"{where}: unknown format {text!r} ({exc})") from exc
+        raise DemoError(f"{where}: {exc}") from exc
     return (model if fmt.family in ("bf16", "f16") else f"{model}:{fmt.name}"), fmt.name
 
 

@@ -17,10 +17,13 @@ from qtui.cli_common import EXIT_OK, ProgressLine
 
 
 def register(sub) -> None:
-    """``qtui inspect``, and ``--divergence`` on ``qtui chat`` (both issue 12's, kept out of cli.py)."""
+    """``qtui inspect``, ``qtui demo`` and ``--divergence`` on ``qtui chat`` (issue 12's commands,
+    registered from here to keep cli.py's edits to one line)."""
+    from qtui import cli_demo
     from qtui.cli_divergence import extend_chat
 
     extend_chat(sub)
+    cli_demo.register(sub)
     p = sub.add_parser("inspect", help="per-Linear errors of a saved variant; one Linear up close")
     p.add_argument("variant", help="a variant folder, MODEL:FORMAT (with --method) or a saved variant's name")
     p.add_argument("--layer", "-l", help="one Linear: its name or BLOCK.KIND (e.g. 3.q, 12.down)")

@@ -15,6 +15,7 @@ from textual.screen import Screen
 
 from qtui.screens.chat import ChatScreen
 from qtui.screens.dashboard import DashboardScreen
+from qtui.screens.demo import DemoScreen
 from qtui.screens.evaluate import EvaluateScreen
 from qtui.screens.inspector import InspectScreen
 from qtui.screens.models import ModelsScreen
@@ -66,4 +67,6 @@ SCREENS = (
                 palette=(("Evaluate", "Accuracy (with intervals) and fidelity to the baseline"),)),
     ScreenEntry("f7", "inspect", "Inspect", InspectScreen, "Where quantization hurts, Linear by Linear",
                 palette=(("Inspect variant", "Per-Linear error heatmap, worst Linears, one Linear up close"),)),
+    ScreenEntry("f8", "demo", "Demo", DemoScreen, "Play a demo playlist (the sample; qtui demo FILE for yours)",
+                palette=(("Demo: play the sample playlist", "Prompts into side-by-side columns, step by step"),)),
 )  # fmt: skip
