@@ -105,6 +105,77 @@ async def measure(args) -> dict:
     }
 
 
+async def measure_inspect(args) -> dict:
+    """The Inspect screen on real saved variants: key press -> screen updated while the whole
+    table is computed (cache removed first), then the time to open it again from the cache."""
+    import shutil
+
+    from textual import events
+
+    from engine import inspection
+    from qtui.app import QtuiApp
+    from qtui.services import EngineService
+
+    folders = [inspection.find_variant(v, args.method) for v in args.inspect]
+    for folder in folders:  # computed from scratch: the first look at a variant
+        for entry in (paths.cache_dir() / "inspect").glob(f"{inspection.variant_key(folder)}*"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    app = QtuiApp(service=EngineService(), autoload=False, sample_resources=False)
+    presses: list[float] = []
+    async with app.run_test(size=(200, 50)) as pilot:
+        await pilot.press("f7")
+        screen = app.screen
+        t0 = time.perf_counter()
+        screen.inspect(*map(str, folders))
+        while not screen.computing:
+            await asyncio.sleep(0.01)
+        while screen.computing and len(presses) < args.presses:
+            await asyncio.sleep(args.interval)
+            before = screen.metric
+            t1 = time.perf_counter()
+            app.post_message(events.Key("m", "m"))  # as the terminal driver delivers a key
+            while screen.metric == before:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0)  # the repaint is scheduled on the next loop turn
+            presses.append(time.perf_counter() - t1)
+        while screen.computing:
+            await asyncio.sleep(0.05)
+        first = time.perf_counter() - t0
+        opens = []
+        for _ in range(3):
+            screen.tables = []
+            t0 = time.perf_counter()
+            screen.start()
+            while screen.computing or not screen.tables:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0)
+            opens.append(time.perf_counter() - t0)
+        n = len(screen.tables[0].linears)
+    return {
+        "presses": presses,
+        "first": first,
+        "opens": opens,
+        "linears": n,
+        "variants": [f.name for f in folders],
+    }
+
+
+def main_inspect(args) -> int:
+    r = asyncio.run(measure_inspect(args))
+    ms = [x * 1000 for x in r["presses"]]
+    print(f"Inspect {' vs '.join(r['variants'])}: {r['linears']} Linears each")
+    print(f"first computation (no cache): {r['first']:.1f} s")
+    print(
+        f"open from the cache: best {min(r['opens']):.2f} s, worst {max(r['opens']):.2f} s (n={len(r['opens'])})"
+    )
+    if ms:
+        print(
+            f"key press -> screen updated while computing: n={len(ms)} median {statistics.median(ms):.1f} ms, "
+            f"p95 {pct(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument(
@@ -115,7 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presses", type=int, default=40)
     p.add_argument("--interval", type=float, default=0.2)
     p.add_argument("--prompt", default="Write a long story about a lighthouse keeper and a storm.")
+    p.add_argument(
+        "--inspect", nargs="+", metavar="VARIANT",
+        help="instead: the Inspect screen on these saved variants (e.g. default:int4-g64 int4-g64-gptq)",
+    )  # fmt: skip
+    p.add_argument("--method", default="rtn", help="with --inspect MODEL:FORMAT: the variant's method")
     args = p.parse_args(argv)
+    if args.inspect:  # the user's own saved variants and cache: nothing is made here
+        return main_inspect(args)
     os.environ.setdefault("QTUI_CACHE_DIR", str(paths.cache_dir()))
     os.environ["QTUI_HOME"] = tempfile.mkdtemp(prefix="qtui-uibench-")
     r = asyncio.run(measure(args))
