@@ -70,7 +70,7 @@ _OWN_KEYS = ("GGUF.", "general.architecture", "general.file_type", "general.quan
 # arches whose q/k rows llama.cpp's converter permutes (and transformers un-permutes on reading)
 _PERMUTED_QK = ("llama",)
 # arches whose RMS norms llama.cpp stores as (1 + w) (Gemma's convention; transformers subtracts 1)
-_NORM_PLUS_ONE = ("gemma", "gemma2", "gemma3", "gemma3n")
+_NORM_PLUS_ONE = ("gemma2", "gemma3")  # as transformers.modeling_gguf_pytorch_utils undoes it
 
 
 class ExportError(QtuiError):

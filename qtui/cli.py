@@ -191,35 +191,39 @@ def _settings(args):
 
 
 def cmd_chat(args) -> int:
-    from engine import limits, runtime, specs, variants
+    from engine import columns, limits, runtime
 
     settings = _settings(args)
     if not args.prompt.strip():
         raise QtuiError("the prompt is empty; give some text with --prompt")
+    specs = list(args.specs) + [f"remote:{url}" for url in args.remote or []]
+    if not specs:
+        raise QtuiError("give at least one SPEC or --remote URL")
     cache: dict = {}
     bar = ProgressLine()
     loaded = []
     try:
-        for spec in args.specs:
-            parsed = specs.parse_model_spec(spec, args.method)
-            loaded.append(variants.open_spec(parsed, args.device, bar, loaded_cache=cache))
-            loaded[-1].warm_up(bar)
+        for spec in specs:  # SPEC (torch), SPEC@llama.cpp, remote:URL: engine.columns
+            loaded.append(columns.open_column(spec, args.device, bar, loaded_cache=cache, method=args.method))
     finally:
         bar.close()
     cache.clear()
     for variant in loaded:  # before any answer: a prompt + limit no variant can hold is refused
-        limits.check_prompt(variant, args.prompt, settings)
+        if isinstance(variant, runtime.Variant):
+            limits.check_prompt(variant, args.prompt, settings)
     results = []
-    for variant in loaded:
+    for variant in loaded:  # a llama.cpp or remote column that fails ends with its error; the others go on
         if args.stream and len(loaded) == 1:
             print(f"== {variant.name} ==")
-            result = runtime.generate(
+            result = columns.generate(
                 variant, args.prompt, settings, on_token=lambda t: print(visible(t.text), end="", flush=True)
             )
             print()
         else:
-            result = runtime.generate(variant, args.prompt, settings)
+            result = columns.generate(variant, args.prompt, settings)
         results.append((variant, result))
+    for variant in loaded:
+        columns.close(variant)
     if args.json:
         print(json.dumps([_result_json(v, r, settings) for v, r in results], indent=1))
     else:
@@ -240,6 +244,7 @@ def _result_json(variant, result, settings) -> dict:
         "prefill_tok_s": round(result.prefill_tps, 1),
         "finish": result.finish,
         "flags": result.flags,
+        "error": getattr(result, "error", ""),
         "peak_rss_bytes": result.peak_rss,
         "peak_cuda_bytes": result.peak_cuda,
         "weight_bytes": variant.weight_bytes(),
@@ -249,7 +254,9 @@ def _result_json(variant, result, settings) -> dict:
 
 def _stats(variant, result) -> list[str]:
     flags = f"  [{', '.join(result.flags)}]" if result.flags else ""
+    error = getattr(result, "error", "")  # engine.columns.ColumnResult: a column whose engine failed
     return [
+        *([f"error: {visible(error)}"] if error else []),
         f"{result.new_tokens} tok, {result.decode_tps:.1f} tok/s, ttft {result.ttft_s * 1000:.0f} ms{flags}",
         f"{variant.backend}",
         f"weights {_human(variant.weight_bytes())}, peak RSS {_human(result.peak_rss)}",
@@ -381,7 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--stream", action="store_true", help="stream tokens (single variant)")
 
     c = sub.add_parser("chat", help="run one prompt through several variants, side by side")
-    c.add_argument("specs", nargs="+", help="default, default:int4, default:int4-g128, a folder...")
+    c.add_argument(
+        "specs", nargs="*", help="default, default:int4, a folder...; SPEC@llama.cpp runs it on llama.cpp"
+    )
+    c.add_argument(
+        "--remote",
+        action="append",
+        metavar="URL",
+        help="a column on an OpenAI-compatible server (repeatable)",
+    )
     gen_args(c)
     c.set_defaults(func=cmd_chat)
 

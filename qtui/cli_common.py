@@ -17,9 +17,10 @@ class ProgressLine:
     The engine calls it as ``progress(done, total, text)``; the ETA comes from
     :class:`engine.progress.ProgressClock`, the one place it is computed."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        # sys.stderr looked up now: a default bound at import outlives a swapped stderr (tests)
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = self.stream.isatty()
         self.clock = ProgressClock()
         self.last_stage = ""
         self.last_draw = 0.0

@@ -133,3 +133,23 @@ def test_a_failing_column_ends_with_its_error_and_the_others_go_on():
     assert done["good"].text == "xxx"
     assert done["bad"].error == "llama.cpp failed: boom" and done["bad"].text == "a"
     assert "error" in done["bad"].flags
+
+
+def test_cli_chat_puts_torch_and_llama_cpp_side_by_side(variant_folder, capsys):
+    from qtui.cli import main
+
+    argv = [
+        "chat",
+        str(variant_folder),
+        f"{variant_folder}@llama.cpp",
+        "--prompt",
+        "hello",
+        "--max-tokens",
+        "6",
+    ]
+    assert main([*argv, "--json"]) == 0
+    torch_row, llama_row = __import__("json").loads(capsys.readouterr().out)
+    assert llama_row["variant"].endswith("@llama.cpp") and llama_row["backend"].startswith(
+        "llama.cpp (xllamacpp"
+    )
+    assert torch_row["new_tokens"] == llama_row["new_tokens"] == 6 and not llama_row["error"]

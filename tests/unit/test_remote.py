@@ -199,3 +199,18 @@ def test_real_llama_server_on_127_0_0_1(tmp_path):
         assert result.finish == "length" and 1 <= result.new_tokens <= 6 and result.ttft_s > 0
     finally:
         columns.close(local)
+
+
+def test_cli_chat_with_remote_columns(fake, capsys):
+    from qtui.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    argv = ["chat", "--remote", url(fake), "--remote", f"http://127.0.0.1:{dead}", "--prompt", "hi", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["text"] == "Hello there" and out[0]["error"] == "" and "fake-model" in out[0]["backend"]
+    assert out[1]["error"].startswith("connection refused by 127.0.0.1") and out[1]["text"] == ""
+    assert main(["chat", "--remote", "ftp://x", "--prompt", "hi"]) == 1
+    assert "is not an http(s) URL" in capsys.readouterr().err
