@@ -154,7 +154,7 @@ def summary(records: list[StepRecord], labels: list[str]) -> list[dict[str, Any]
     """The final comparison: per variant, mean tokens/s, TTFT, tokens, flagged answers, and how many
     answers were identical to the first variant's (the baseline)."""
     rows = []
-    for label in labels:
+    for i, label in enumerate(labels):
         mine = [r for r in records if r.variant == label]
         if not mine:
             continue
@@ -167,10 +167,16 @@ def summary(records: list[StepRecord], labels: list[str]) -> list[dict[str, Any]
                 "ttft_ms": round(1000 * sum(r.ttft_s for r in mine) / len(mine)),
                 "tokens": sum(r.new_tokens for r in mine),
                 "flagged": sum(bool(r.flags) for r in mine),
-                "same_as_baseline": sum(r.same_as_baseline for r in mine),
+                "same_as_baseline": None
+                if i == 0
+                else sum(r.same_as_baseline for r in mine),  # 0: it is the baseline
             }
         )
     return rows
+
+
+def same_text(row: dict[str, Any]) -> str:
+    return "(baseline)" if row["same_as_baseline"] is None else f"{row['same_as_baseline']}/{row['answers']}"
 
 
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -180,7 +186,7 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
         tps = "-" if r["decode_tok_s"] is None else r["decode_tok_s"]
         lines.append(
             f"| {r['variant']} | {r['answers']} | {tps} | {r['ttft_ms']} | {r['tokens']} | {r['flagged']} | "
-            f"{r['same_as_baseline']}/{r['answers']} |"
+            f"{same_text(r)} |"
         )
     return lines
 

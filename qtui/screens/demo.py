@@ -277,7 +277,7 @@ class DemoScreen(Screen):
         for r in rows:
             tps = "-" if r["decode_tok_s"] is None else str(r["decode_tok_s"])
             table.add_row(r["variant"], str(r["answers"]), tps, str(r["ttft_ms"]), str(r["tokens"]),
-                          str(r["flagged"]), f"{r['same_as_baseline']}/{r['answers']}")  # fmt: skip
+                          str(r["flagged"]), demo.same_text(r))  # fmt: skip
         table.display = True
         self._title(f"{self.playlist.title}: the comparison")
         self._status(f"transcript and table written to {path}")
