@@ -244,3 +244,26 @@ def test_variants_with_the_same_tokenizer_files_share_one_tokenizer(tmp_path, ti
         (tmp_path / "b" / "tokenizer_config.json").read_text().replace("}", ', "model_max_length": 7}', 1)
     )
     assert shared_tokenizer(tmp_path / "a") is not shared_tokenizer(tmp_path / "b")
+
+
+def test_lm_head_gets_a_row_major_input_in_the_prefill(variant):
+    """The prefill keeps the last position only: a [1, 1, d] slice with the batch stride of the
+    whole prompt, on which CPU bf16 matmul is ~100x slower. The head must see plain strides."""
+    from engine.runtime import decode_token_ids
+
+    seen: list[tuple[int, ...]] = []
+    head = variant.model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].stride()) or None)
+    try:
+        ids = torch.arange(3, 12).unsqueeze(0)
+        tokens = decode_token_ids(variant, ids, GenSettings(max_new_tokens=2), None, None)
+        next(tokens)
+        tokens.close()
+    finally:
+        handle.remove()
+    d = head.in_features
+    assert seen == [(d, d, 1)]
+    # registering again (a variant re-prepared) does not stack a second hook
+    before = len(head._forward_pre_hooks)
+    variant_from_model("again", variant.model, variant.tokenizer, variant.fmt, device="cpu")
+    assert len(head._forward_pre_hooks) == before
