@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -84,41 +85,56 @@ def against_original(gguf: Path, original: Path) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------ 2. decode speed
-def llama_decode(gguf: Path, prompt: list[int], tokens: int, threads: int, repeats: int) -> dict:
-    server = llamacpp.start_server(gguf, threads)
+class LlamaTimer:
+    """One exported GGUF in llama.cpp: timed like benchmark.time_decode (EOS ignored, no prompt cache)."""
 
-    def once(n: int) -> tuple[float, float, int]:
-        stamps: list[float] = []
+    def __init__(self, gguf: Path, threads: int) -> None:
+        self.server = llamacpp.start_server(gguf, threads)
+        self.info = llamacpp.GGUFInfo.read(gguf)
+
+    def __call__(self, prompt: list[int], n: int) -> tuple[float, float]:
+        stamps: list[tuple[float, dict]] = []
         request = {
             "prompt": prompt, "max_tokens": n, "stream": True, "temperature": 0, "top_k": 0, "min_p": 0,
             "ignore_eos": True, "cache_prompt": False, "n_probs": 0,
         }  # fmt: skip
-        done: list[dict] = []
-
-        def on_chunk(chunk):
-            stamps.append(time.perf_counter())
-            done.append(chunk)
-            return False
-
         t0 = time.perf_counter()
-        server.handle_completions(request, on_chunk)
-        content = [
-            s for s, c in zip(stamps, done, strict=True) if c["choices"] and c["choices"][0].get("text")
-        ]
-        n_tok = int(next((c["usage"]["completion_tokens"] for c in done if c.get("usage")), len(content)))
-        first, last = content[0], content[-1]
-        return first - t0, (n_tok - 1) / (last - first), n_tok
+        self.server.handle_completions(request, lambda c: stamps.append((time.perf_counter(), c)) and False)
+        content = [t for t, c in stamps if c["choices"] and c["choices"][0].get("text")]
+        n_tok = int(
+            next((c["usage"]["completion_tokens"] for _, c in stamps if c.get("usage")), len(content))
+        )
+        return content[0] - t0, (n_tok - 1) / (content[-1] - content[0])
 
-    once(8)  # warm-up
-    runs = [once(tokens) for _ in range(repeats)]
-    info = llamacpp.GGUFInfo.read(gguf)
-    return {
-        "ttft_s": statistics.median(r[0] for r in runs),
-        "decode_tps": statistics.median(r[1] for r in runs),
-        "tokens": runs[0][2],
-        "weight_bytes": info.tensor_bytes,
-        "type": info.file_type,
-    }
+
+def decode_rows(engines: dict[str, tuple[object, int, str]], prompt, tokens: int, repeats: int) -> list[dict]:
+    """Every engine warmed up, then timed in turn ``repeats`` times (interleaved: a load change on a
+    shared machine hits every row alike); medians."""
+
+    def timed(engine, n):
+        if isinstance(engine, LlamaTimer):
+            return engine(prompt[0].tolist(), n)
+        return benchmark.time_decode(engine, prompt, n)
+
+    for engine, _, _ in engines.values():
+        timed(engine, benchmark.WARMUP_TOKENS)
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in engines}
+    for r in range(repeats):
+        for label, (engine, _, _) in engines.items():
+            log(f"  repeat {r + 1}: {label}")
+            runs[label].append(timed(engine, tokens))
+    rows = []
+    for label, (_, weight_bytes, backend) in engines.items():
+        rows.append({
+            "engine": label, "backend": backend, "weight_bytes": weight_bytes,
+            "ttft_s": statistics.median(x[0] for x in runs[label]),
+            "decode_tps": statistics.median(x[1] for x in runs[label]),
+            "runs_tps": [round(x[1], 2) for x in runs[label]],
+        })  # fmt: skip
+    base = rows[0]["decode_tps"]
+    for row in rows:
+        row["vs_torch_bf16"] = row["decode_tps"] / base
+    return rows
 
 
 # ------------------------------------------------------------------------------ 3. KLD
@@ -185,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(a.threads),
         "xllamacpp": llamacpp.version(),
         "started": time.strftime("%F %T"),
+        "load_average_at_start": os.getloadavg(),
+        "threads": a.threads,
+        "tokens": a.tokens,
     }
 
     log("1. export fidelity")
@@ -201,24 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     bf16_folder = gguf_export.saved_variant("default")
     tokenizer = load_variant(bf16_folder, "cpu").tokenizer
     prompt = chat_ids(tokenizer, benchmark.PROMPT)
-    rows = []
+    engines: dict[str, tuple[object, int, str]] = {}
     for label, folder in (("torch bf16", bf16_folder), ("torch int4-g64", exported["int4-g64-rtn"][0])):
-        log(f"  {label}")
         variant = load_variant(folder, "cpu")
-        row = benchmark.measure(variant, prompt, a.tokens, a.repeats)
-        rows.append({"engine": label, "backend": row.backend, "decode_tps": row.decode_tps, "ttft_s": row.ttft_s,
-                     "weight_bytes": row.weight_bytes})  # fmt: skip
-        del variant
-    files = [("llama.cpp " + n, exported[n][1]) for n in ("int4-g64-rtn", "int8-rtn", "q1_0_g128-rtn")]
-    files.append(("llama.cpp original wheel Q4_1", original))
+        engines[label] = (variant, variant.weight_bytes(), variant.backend)
+    files = [(f"llama.cpp {n}", exported[n][1]) for n in ("int4-g64-rtn", "int8-rtn", "q1_0_g128-rtn")]
+    files.append(("llama.cpp original wheel file", original))
     for label, gguf in files:
-        log(f"  {label}")
-        r = llama_decode(gguf, prompt[0].tolist(), a.tokens, a.threads, a.repeats)
-        rows.append({"engine": f"{label} ({r['type']})", "backend": f"xllamacpp {llamacpp.version()}", **r})
-    base = rows[0]["decode_tps"]
-    for r in rows:
-        r["vs_torch_bf16"] = r["decode_tps"] / base
-    report["decode"] = rows
+        timer = LlamaTimer(gguf, a.threads)
+        engines[f"{label} ({timer.info.file_type})"] = (
+            timer,
+            timer.info.tensor_bytes,
+            f"xllamacpp {llamacpp.version()}",
+        )
+    report["decode"] = decode_rows(engines, prompt, a.tokens, a.repeats)
+    report["load_average_after_decode"] = os.getloadavg()
+    del engines
 
     log("3. KLD vs bf16")
     ids = wikitext_ids(tokenizer, a.kld_tokens)
