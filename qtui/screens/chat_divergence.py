@@ -123,12 +123,14 @@ class DivergenceMixin:
         view.display = self.show_token_divergence
         await col.body.mount(view)
         if self.show_token_divergence:
-            col.body.scroll_end(animate=False)
+            col.body.call_after_refresh(col.body.scroll_end, animate=False)
 
     def action_toggle_divergence(self) -> None:
         self.show_token_divergence = not self.show_token_divergence
         views = list(self.query(TokenDivergenceView))  # type: ignore[attr-defined]
         for view in views:
             view.display = self.show_token_divergence
+            if self.show_token_divergence and view.parent is not None:
+                view.parent.call_after_refresh(view.parent.scroll_end, animate=False)
         if self.show_token_divergence and not views:
             self.app.notify("Token divergence shows after the next answer of two or more columns")  # type: ignore[attr-defined]
