@@ -30,7 +30,7 @@ from engine.errors import Cancelled, StoreError
 from engine.lazy import TensorSpan, read_header, read_tensor
 from engine.manifest import Manifest
 from engine.progress import ProgressFn
-from engine.quant import arch
+from engine.quant import arch, rotation
 from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.plan import LayerReport, QuantOptions, QuantReport, hf_model, quantized_modules, set_module
@@ -57,6 +57,8 @@ def variant_name(fmt: FormatSpec, method: str, options: QuantOptions | None = No
     name = fmt.name if fmt.is_float else f"{fmt.name}-{method}"
     if options is not None and options.keep_sensitive and not fmt.is_float:
         name += f"-keep{options.keep_sensitive}x{options.sensitive_bits}"
+    if options is not None and options.rotate != "none" and not fmt.is_float:
+        name += f"-{options.rotate}" + (f"{options.rotate_seed}" if options.rotate_seed else "")
     return name
 
 
@@ -292,6 +294,11 @@ def _manifest(
         "options": {
             "quantize_embeddings": bool(report and report.options.quantize_embeddings),
             "quantize_head": bool(report and report.options.quantize_head),
+            **(
+                {"rotate": report.options.rotate, "rotate_seed": report.options.rotate_seed}
+                if report and report.options.rotate != "none"
+                else {}
+            ),
         },
         "quantize_seconds": round(report.seconds, 3) if report else 0.0,
         "bits_per_weight": {
@@ -480,6 +487,8 @@ def build_model(
         set_module(model, name, new)
         if place is not None:
             place(new)
+    if rotation.KEY in state:  # a rotated variant: R and its entry/exit hooks
+        rotation.install(model, state[rotation.KEY])
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k not in manifest.tied]
     if missing or unexpected:

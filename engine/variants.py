@@ -33,8 +33,11 @@ def streamable(request: QuantRequest) -> bool:
     """Whether the request can run from disk to disk. Not: mixed precision (which Linears to keep
     wider is known only after every block, when the blocks are already written) and methods with
     a model-level step (``prepare_model`` / ``finalize_model`` see the whole model)."""
-    meth = request.method
-    return not request.options.keep_sensitive and meth.prepare_model is None and meth.finalize_model is None
+    meth, options = request.method, request.options
+    model_level = (
+        meth.prepare_model is not None or meth.finalize_model is not None or options.rotate != "none"
+    )
+    return not options.keep_sensitive and not model_level
 
 
 def estimate_memory(

@@ -71,6 +71,8 @@ def quantize_request(args):
         args.quantize_head,
         keep_sensitive=args.keep_sensitive,
         sensitive_bits=args.sensitive_bits,
+        rotate=args.rotate,
+        rotate_seed=args.rotate_seed,
     )
     return QuantRequest.build(
         args.model,
@@ -357,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the K Linears with the largest output error at --sensitive-bits",
     )
     q.add_argument("--sensitive-bits", type=int, choices=(8, 16), default=8, help="8 (int8) or 16 (bf16)")
+    q.add_argument(
+        "--rotate",
+        choices=("none", "hadamard", "random"),
+        default="none",
+        help="rotate the residual stream and attention heads first (QuaRot/SpinQuant incoherence "
+        "processing; any method): hadamard (random-signed) or random orthogonal; see docs/methods.md",
+    )
+    q.add_argument("--rotate-seed", type=int, default=0, metavar="N", help="seed of the rotation (default 0)")
     q.add_argument("--device", default="cpu", help="where to quantize: cpu (default), cuda, cuda:N or auto")
     q.add_argument(
         "--max-memory",

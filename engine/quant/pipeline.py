@@ -16,6 +16,7 @@ from torch import nn
 
 from engine.errors import Cancelled, QtuiError
 from engine.progress import ProgressFn
+from engine.quant import rotation
 from engine.quant.blocks import quantize_blocks
 from engine.quant.calibration import Calibration
 from engine.quant.formats import FormatSpec
@@ -90,6 +91,14 @@ def quantize_model(
         head = hf_model(model).get_output_embeddings()
         head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
     start = time.perf_counter()
+    if options.rotate != "none":
+        if options.quantize_embeddings:
+            raise QtuiError(
+                "--rotate leaves the embeddings 16-bit: it cannot be combined with --quantize-embeddings"
+            )
+        report.block_info.append(
+            {"model": "rotate", **rotation.rotate_model(model, options.rotate, options.rotate_seed)}
+        )
     if method.prepare_model is not None:
         report.block_info.append({"model": "prepare", **method.prepare_model(model, fmt, cfg)})
     # names only: a list of the modules would keep every replaced float Linear (and its weights)
