@@ -4,6 +4,8 @@ top-1 agreement, time.
 python bench/methods.py [--model default|gemma3-270m|SOURCE] [--tokens 2048] [--samples 32]
                         [--seq-len 256] [--rows rtn:int4-g64,...] [--threads 2] [--json OUT]
 
+A row is METHOD[+ROTATION]:FORMAT, e.g. gptq+hadamard:int2-g64 (GPTQ on the rotated model).
+
 Run with QTUI_CACHE_DIR pointing at a cache that holds the model (the built-in ones are fetched and
 converted on first use otherwise).
 Fidelity: engine.evals.fidelity over the first --tokens tokens of WikiText-2 test (windows of 512),
@@ -97,10 +99,11 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for item in args.rows.split(","):
-        meth_name, fmt_name = item.split(":")
-        row, model = measure_method(
-            loaded, ref, cal, meth_name, fmt_name, QuantOptions(keep_sensitive=args.keep_sensitive)
-        )
+        meth_part, fmt_name = item.split(":")
+        meth_name, _, rotate = meth_part.partition("+")  # gptq+hadamard: GPTQ on the rotated model
+        options = QuantOptions(keep_sensitive=args.keep_sensitive, rotate=rotate or "none")
+        row, model = measure_method(loaded, ref, cal, meth_name, fmt_name, options)
+        meth_name = meth_part
         del model
         rows.append(row)
         print(

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from engine.divergence import Divergence
 from engine.evals.results import TaskResult
@@ -90,6 +90,7 @@ class Service(Protocol):
         params: str = "",
         calibration: str = "",
         device: str = "cpu",
+        rotate: str = "none",
     ) -> QuantRequest: ...
     def quantize(
         self, request: QuantRequest, progress: ProgressFn, cancel: threading.Event
@@ -125,6 +126,7 @@ class Service(Protocol):
     def inspect_linear(
         self, path: str, name: str, progress: ProgressFn, cancel: threading.Event
     ) -> LinearView: ...
+    def export_gguf(self, path: str, progress: ProgressFn, cancel: threading.Event) -> str: ...
 
 
 class EngineService:
@@ -203,13 +205,16 @@ class EngineService:
         params: str = "",
         calibration: str = "",
         device: str = "cpu",
+        rotate: str = "none",
     ) -> QuantRequest:
         """The typed request for one job, checked here (unknown parameters, bad values, a device
         this machine lacks are one-line errors before anything is queued)."""
+        from engine.quant.plan import QuantOptions
         from engine.request import QuantRequest
 
+        options = QuantOptions(rotate=rotate_kind(rotate))
         return QuantRequest.build(
-            source_ref, fmt, method, params, calibration or None, device=device, overwrite=True
+            source_ref, fmt, method, params, calibration or None, options, device=device, overwrite=True
         )
 
     def memory_estimate(self, request: QuantRequest, progress: ProgressFn, cancel: threading.Event) -> int:
@@ -304,6 +309,18 @@ class EngineService:
         subject = api.subject_from_variant(_variant(loaded), base)
         return api.run(subject, task, mode, limit, progress=progress, cancel=cancel)
 
+    def export_gguf(self, path: str, progress: ProgressFn, cancel: threading.Event) -> str:
+        """Export the saved variant at ``path`` to GGUF (engine.gguf_export); one line saying where,
+        its type and the read-back check."""
+        from engine import gguf_export
+
+        r = gguf_export.export_gguf(Path(path), None, progress, cancel)
+        exact = sum(t.exact for t in r.tensors)
+        return (
+            f"{r.path} ({r.file_type}, {r.bytes / 2**20:.1f} MiB): {exact}/{len(r.tensors)} tensors exact, "
+            f"max |dW| {r.max_abs_dw:.3g}"
+        )
+
     def inspect_variant(self, path: str, progress: ProgressFn, cancel: threading.Event) -> VariantTable:
         """The per-Linear table of a saved variant (engine.inspection; cached by its hash)."""
         from engine import inspection
@@ -333,3 +350,12 @@ class EngineService:
         return divergence.divergence(
             _variant(baseline), _variant(loaded), messages, answer_ids, system, cancel=cancel
         )
+
+
+def rotate_kind(value: str) -> Literal["none", "hadamard", "random"]:
+    """A rotation name from the UI, checked (engine/quant/rotation.py)."""
+    from engine.errors import QtuiError
+
+    if value not in ("none", "hadamard", "random"):
+        raise QtuiError(f"unknown rotation {value!r}: none, hadamard or random")
+    return value  # type: ignore[return-value]

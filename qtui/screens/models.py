@@ -74,10 +74,25 @@ class ModelsScreen(Screen):
                     "variant exported to GGUF (once, cached)",
                 )
                 yield Button("Load into chat (ctrl+o)", id="load", variant="primary")
+                yield Button(
+                    "Export GGUF",
+                    id="export-gguf",
+                    tooltip="Write the highlighted variant as a GGUF file (llama.cpp, LM Studio, ollama)",
+                )
             with Vertical(id="formats-pane", classes="pane"):
                 yield Label("Formats", classes="pane-title")
                 yield SelectionList(id="formats")
                 yield Select([("rtn", "rtn")], id="method", prompt="method", allow_blank=False)
+                yield Select(
+                    [
+                        ("rotation: none", "none"),
+                        ("rotation: hadamard", "hadamard"),
+                        ("rotation: random", "random"),
+                    ],
+                    id="rotate",
+                    allow_blank=False,
+                    tooltip="rotate the residual stream first (QuaRot/SpinQuant): int2/int4 fit better; docs/methods.md",
+                )
                 yield Input(placeholder="method params: key=value ...", id="method-params")
                 yield Static("", id="method-note", classes="note")
                 yield Input(placeholder="calibration: builtin:16x256 or FILE[:NxLEN]", id="calibration")
@@ -226,13 +241,14 @@ class ModelsScreen(Screen):
         settings.device = str(self.query_one("#device", Select).value)
         params = self.query_one("#method-params", Input).value.strip()
         calibration = self.query_one("#calibration", Input).value.strip()
+        rotate = str(self.query_one("#rotate", Select).value)
         service = self.app.service
         requests = []
         try:  # bad input is a message here, not a failed job later: one typed request per format
             for fmt in chosen:
                 if fmt not in ("bf16", "f16"):
                     requests.append(service.quantize_request(
-                        settings.model, fmt, settings.method, params, calibration, settings.device
+                        settings.model, fmt, settings.method, params, calibration, settings.device, rotate
                     ))  # fmt: skip
         except Exception as exc:
             self.app.notify(str(exc), title="Quantize", severity="error")
@@ -258,6 +274,28 @@ class ModelsScreen(Screen):
         engine = self.query_one("#engine", Select).value
         self.app.load_variant(f"{key}@llama.cpp" if engine == "llama.cpp" else key)
         self.app.switch_to("chat")
+
+    @on(Button.Pressed, "#export-gguf")
+    def _export_pressed(self) -> None:
+        table = self.query_one("#variants", DataTable)
+        if table.row_count == 0:
+            self.app.notify("No saved variant to export; quantize one first", severity="warning")
+            return
+        self.export_gguf(str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
+
+    @work(thread=True, exclusive=True, group="models-export", exit_on_error=False)
+    def export_gguf(self, path: str) -> None:
+        import threading
+
+        from engine.variants import describe_error
+
+        self.app.call_from_thread(self.app.notify, f"exporting {path} to GGUF...", title="Export")
+        try:
+            line = self.service.export_gguf(path, lambda done, total, text: None, threading.Event())
+        except Exception as exc:  # a one-line reason, never a crash
+            self.app.call_from_thread(self.app.notify, describe_error(exc), title="Export", severity="error")
+            return
+        self.app.call_from_thread(self.app.notify, line, title="Exported GGUF", timeout=15)
 
     @on(Input.Submitted, "#remote-input")
     def _remote_typed(self, event: Input.Submitted) -> None:

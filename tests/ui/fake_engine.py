@@ -55,6 +55,7 @@ class FakeService:
         self.prompts: list[list[dict]] = []
         self.released = 0
         self.quantize_calls: list[tuple] = []
+        self.exported: list[str] = []  # export_gguf calls (variant paths)
 
         self.fail_tasks: tuple[str, ...] = ()
 
@@ -89,11 +90,16 @@ class FakeService:
             "int2-g64": 86_600_000,
         }.get(fmt)
 
-    def quantize_request(self, source_ref, fmt, method, params="", calibration="", device="cpu"):
+    def quantize_request(
+        self, source_ref, fmt, method, params="", calibration="", device="cpu", rotate="none"
+    ):
+        from engine.quant.plan import QuantOptions
         from engine.request import QuantRequest
+        from qtui.services import rotate_kind
 
+        options = QuantOptions(rotate=rotate_kind(rotate))
         return QuantRequest.build(
-            source_ref, fmt, method, params, calibration or None, device=device, overwrite=True
+            source_ref, fmt, method, params, calibration or None, options, device=device, overwrite=True
         )
 
     def memory_estimate(self, request, progress, cancel):
@@ -163,6 +169,11 @@ class FakeService:
 
     def release_sources(self):
         self.released += 1
+
+    def export_gguf(self, path, progress, cancel):
+        self.exported.append(path)
+        progress(1, 1, "exported")
+        return f"{Path(path).name}.gguf (Q4_1, 1.0 MiB): 3/3 tensors exact, max |dW| 0"
 
     def eval_tasks(self):
         return [

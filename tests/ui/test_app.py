@@ -282,6 +282,22 @@ async def test_models_screen_device_reaches_the_request(fake, settings):
         assert str(job.request.device) == app.settings.device == "cpu"
 
 
+async def test_models_screen_rotation_reaches_the_request(fake, settings):
+    """The rotation picked on the Models screen is the request's option (and its variant name)."""
+    from textual.widgets import Select
+
+    app = QtuiApp(service=fake, settings=settings, autoload=False, sample_resources=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: formats_ready(app))
+        app.screen.query_one("#rotate", Select).value = "hadamard"
+        await pilot.pause()
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
+        job = next(iter(app.jobs.values()))
+        assert job.request.options.rotate == "hadamard"
+        assert job.request.dest.name.endswith("-hadamard")
+
+
 def test_settings_file_holds_parsed_values(tmp_path, monkeypatch):
     """settings.json keeps parsed data; older text values are converted, bad ones reset."""
     import json
