@@ -87,3 +87,12 @@ async def test_a_failed_engine_shows_its_error_in_its_column_only(fake, settings
         assert "HTTP 500 from x: boom" in statuses[2] and "[error]" in statuses[2]
         assert all("error" not in s for s in statuses[:2]) and cols[1].answer_text  # the others answered
         assert "departs" not in statuses[2] and "= baseline" not in statuses[2]  # no token ids to compare
+
+
+async def test_export_gguf_from_the_models_screen(fake, settings):
+    app = QtuiApp(service=fake, settings=settings, autoload=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _one_saved_variant(app, pilot)
+        await pilot.click("#export-gguf")
+        await until(pilot, lambda: any("tensors exact" in n.message for n in app._notifications))
+        assert fake.exported == [str(fake.root / "variants" / "int4-g64-rtn")]
