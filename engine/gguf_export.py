@@ -21,7 +21,8 @@ time) is refused with a one-line reason.
 Metadata: a variant of a GGUF-derived source (the default model, ``gemma3-270m``, a ``.gguf`` file)
 gets its source GGUF's own key/values (architecture, tokenizer, chat template: what llama.cpp's
 converter wrote) with ``general.file_type`` set for the new weights and ``qtui.*`` provenance keys
-added. Tensor names come from gguf-py's tensor map; the transforms transformers undid when it read
+added; a variant of a Hugging Face model of the llama family gets them from its own config.json and
+tokenizer.json (:func:`hf_metadata`). Tensor names come from gguf-py's tensor map; the transforms transformers undid when it read
 the source GGUF are redone (llama's q/k row permutation, Gemma's ``norm + 1``).
 
 After writing, the file is read back with gguf-py, every tensor de-quantized with gguf-py's own
@@ -316,15 +317,89 @@ def source_gguf(manifest: Manifest) -> SourceGGUF:
                 raise ExportError(f"{path} changed since the variant was made (hash differs); re-quantize it")
         else:
             raise ExportError(
-                f"GGUF export needs the source's GGUF metadata (tokenizer, chat template); this variant's "
-                f"source is a {kind or 'unknown'} model ({ref}): export works for variants of the default "
-                "model, gemma3-270m and .gguf files"
+                f"the variant's source {ref} ({kind or 'unknown'}) has no GGUF; use hf_metadata"
             )
     except QtuiError as exc:
         if isinstance(exc, ExportError):
             raise
         raise ExportError(f"cannot read the source GGUF: {exc}") from exc
     return read_metadata(path)
+
+
+_HF_ARCH = {"llama": "llama", "mistral": "llama"}  # HF model_type -> GGUF arch written from a config
+
+
+def hf_metadata(folder: Path) -> SourceGGUF:
+    """Metadata for a variant of a Hugging Face model (no source GGUF), from the variant's own
+    config.json and tokenizer.json, as llama.cpp's converter writes it for the llama family:
+    architecture keys, the byte-level BPE vocabulary (tokens, types, merges), special token ids and
+    the chat template. The pre-tokenizer is written as ``default`` (llama.cpp's converter picks a
+    named one by hashing the tokenizer's output on a test text, which this does not do): llama.cpp
+    and qtui's llama.cpp column detokenize exactly, but a tool that tokenizes text with llama.cpp
+    may split some texts differently from the Hugging Face tokenizer."""
+    from gguf import GGUFWriter, TokenType
+    from gguf.vocab import SpecialVocab
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(folder)
+    arch = _HF_ARCH.get(cfg.model_type)
+    if arch is None:
+        raise ExportError(
+            f"GGUF export of a {cfg.model_type} model without a source GGUF is not supported (its metadata "
+            f"would be written from config.json: done for {', '.join(sorted(_HF_ARCH))}); variants of the "
+            "default model, gemma3-270m and .gguf files carry their source's metadata"
+        )
+    try:
+        tok = json.loads((folder / "tokenizer.json").read_text())
+        model = tok["model"]
+        if (
+            model["type"] != "BPE"
+            or model.get("byte_fallback")
+            or (tok.get("decoder") or {}).get("type") != "ByteLevel"
+        ):
+            raise ExportError(
+                "only byte-level BPE tokenizers (GPT-2 / Llama-3 / Qwen style) are exported from a folder"
+            )
+        vocab: dict[str, int] = dict(model["vocab"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"cannot read {folder / 'tokenizer.json'}: {exc}") from None
+    special = {t["content"]: int(t["id"]) for t in tok.get("added_tokens") or [] if t.get("special")}
+    for text, idx in {t["content"]: int(t["id"]) for t in tok.get("added_tokens") or []}.items():
+        vocab.setdefault(text, idx)
+    n_vocab = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
+    types = [TokenType.UNUSED] * n_vocab
+    for text, idx in vocab.items():
+        tokens[idx] = text
+        types[idx] = TokenType.CONTROL if text in special else TokenType.NORMAL
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    w = GGUFWriter(None, arch)
+    w.add_name(folder.name)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_rope_dimension_count(head_dim)
+    w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    SpecialVocab(folder, load_merges=True, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
+    fields = [
+        (k, v.value, v.type, v.sub_type) for k, v in w.kv_data[0].items() if not k.startswith(_OWN_KEYS)
+    ]
+    ints = {
+        k: int(v.value)
+        for k, v in w.kv_data[0].items()
+        if isinstance(v.value, int) and not isinstance(v.value, bool)
+    }
+    return SourceGGUF(folder / "config.json", arch, fields, ints)
 
 
 def read_metadata(path: Path) -> SourceGGUF:
@@ -479,7 +554,11 @@ def export_gguf(
         raise ExportError(f"{out} already exists; remove it or pass --force")
     progress(0, 3, f"checking {variant.name}")
     tensors = store.load_tensors(variant, manifest, verify=True)  # a failed hash check stops here
-    meta = source_gguf(manifest)
+    meta = (
+        source_gguf(manifest)
+        if manifest.source.kind in ("default", "builtin", "gguf")
+        else hf_metadata(variant)
+    )
     layout = layout_for(meta)
     tmp = _temp_beside(out)
     try:

@@ -171,10 +171,24 @@ def test_unwritable_folder_and_full_disk(source, tmp_path, monkeypatch):
     assert list(out.parent.iterdir()) == []  # the temporary file is gone too
 
 
-def test_source_without_gguf_metadata_is_refused(loaded_source, tmp_path):
+def test_hf_folder_source_writes_metadata_from_its_config(loaded_source, tmp_path):
+    from gguf import GGUFReader
+
     folder, _ = quantize_saved(loaded_source("llama"), "int8", out=tmp_path / "v")
-    with pytest.raises(ExportError, match="needs the source's GGUF metadata"):
-        export_gguf(folder, tmp_path / "x.gguf")
+    result = export_gguf(folder, tmp_path / "x.gguf")
+    assert result.max_abs_dw == 0.0 and result.metadata_from.endswith("config.json")
+    fields = {k: f.contents() for k, f in GGUFReader(result.path).fields.items()}
+    assert fields["llama.block_count"] == 2 and fields["llama.attention.head_count_kv"] == 2
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "default"
+    assert (
+        len(fields["tokenizer.ggml.tokens"]) == 272 and "<|assistant|>" in fields["tokenizer.chat_template"]
+    )
+    assert fields["tokenizer.ggml.merges"][0] == "h e"
+    with pytest.raises(
+        ExportError, match="GGUF export of a qwen2 model without a source GGUF is not supported"
+    ):
+        folder, _ = quantize_saved(loaded_source("qwen2"), "int8", out=tmp_path / "q")
+        export_gguf(folder, tmp_path / "q.gguf")
 
 
 def test_cli_export(source, tmp_path, capsys):

@@ -153,3 +153,17 @@ def test_cli_chat_puts_torch_and_llama_cpp_side_by_side(variant_folder, capsys):
         "llama.cpp (xllamacpp"
     )
     assert torch_row["new_tokens"] == llama_row["new_tokens"] == 6 and not llama_row["error"]
+
+
+def test_hf_folder_variant_runs_on_llama_cpp(loaded_source, tmp_path):
+    """No source GGUF: the metadata comes from the variant's config and tokenizer (llama family)."""
+    folder, _ = quantize_saved(loaded_source("llama"), "int8", out=tmp_path / "v")
+    torch_col = columns.open_column(str(folder), "cpu")
+    llama_col = columns.open_column(f"{folder}@llama.cpp", threads=1)
+    try:
+        a = columns.generate(torch_col, "hello world", SETTINGS)
+        b = columns.generate(llama_col, "hello world", SETTINGS)
+        assert not b.error and b.new_tokens == SETTINGS.max_new_tokens
+        assert b.token_ids[:2] == a.token_ids[:2]
+    finally:
+        columns.close(llama_col)
