@@ -17,13 +17,14 @@ from qtui.cli_common import EXIT_OK, ProgressLine
 
 
 def register(sub) -> None:
-    """``qtui inspect``, ``qtui demo`` and ``--divergence`` on ``qtui chat`` (issue 12's commands,
+    """``qtui inspect``, ``qtui demo``, ``qtui serve`` and ``--divergence`` on ``qtui chat`` (issue 12's commands,
     registered from here to keep cli.py's edits to one line)."""
-    from qtui import cli_demo
+    from qtui import cli_demo, cli_serve
     from qtui.cli_divergence import extend_chat
 
     extend_chat(sub)
     cli_demo.register(sub)
+    cli_serve.register(sub)
     p = sub.add_parser("inspect", help="per-Linear errors of a saved variant; one Linear up close")
     p.add_argument("variant", help="a variant folder, MODEL:FORMAT (with --method) or a saved variant's name")
     p.add_argument("--layer", "-l", help="one Linear: its name or BLOCK.KIND (e.g. 3.q, 12.down)")
