@@ -290,6 +290,7 @@ class QtuiApp(App):
 
         finally:
             job.finished = time.monotonic()
+            gc.collect()  # first: freezing pins any cyclic garbage still pending for good
             gc.freeze()  # what quantizing imported and built stays: keep full GCs short
 
     def _after_bootstrap_job(self) -> None:
