@@ -13,7 +13,9 @@ SIZE = (140, 44)
 
 def test_inspect_snapshot(snap_compare, tmp_path):
     fake = FakeService(tmp_path)
-    app = QtuiApp(service=fake, settings=Settings(formats=["int4-g64"]), autoload=False, sample_resources=False)
+    app = QtuiApp(
+        service=fake, settings=Settings(formats=["int4-g64"]), autoload=False, sample_resources=False
+    )
     rtn, gptq = saved(fake)
 
     async def run_before(pilot):

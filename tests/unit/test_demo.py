@@ -68,5 +68,8 @@ def test_transcript_and_table(tmp_path):
     path = demo.write_transcript(p, records, tmp_path / "out")
     md = path.read_text()
     assert "## 1. One" in md and "**int4-g64** (48 tok, 70.0 tok/s) [loop]: comm comm" in md
-    assert "| int4-g64 | 2 | 75.0 | 40 | 50 | 1 | 1/2 |" in md and "| bf16 | 2 | 40.0 | 50 | 3 | 0 | (baseline) |" in md
+    assert (
+        "| int4-g64 | 2 | 75.0 | 40 | 50 | 1 | 1/2 |" in md
+        and "| bf16 | 2 | 40.0 | 50 | 3 | 0 | (baseline) |" in md
+    )
     assert (tmp_path / "out" / "transcript.json").exists()
