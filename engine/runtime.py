@@ -34,6 +34,8 @@ from engine.typed import option
 if TYPE_CHECKING:  # transformers is not analysed by mypy (follow_imports=skip): these are Any to it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from engine.quant.plan import QuantOptions
+
 FinishReason = Literal["eos", "length", "stopped"]  # EOS token, max_new_tokens reached, cancelled
 Message = dict[str, str]  # a chat message: {"role": ..., "content": ...}
 
@@ -256,11 +258,22 @@ def load_variant(
     model = store.build_model(folder, manifest, files, place, convert)
     tokenizer = shared_tokenizer(folder)
 
-    name = store.variant_name(fmt, manifest.method)
+    name = store.variant_name(fmt, manifest.method, _saved_options(manifest))
     variant = variant_from_model(name, model, tokenizer, fmt, dev, backend, folder, manifest)
     if fmt.is_float and manifest.source.kind in GGUF_KINDS:
         variant.note = GGUF_NOTE
     return variant
+
+
+def _saved_options(manifest: Manifest) -> QuantOptions:
+    """The options that name a variant (a rotation), as its manifest records them."""
+    from engine.quant.plan import QuantOptions
+
+    saved = manifest.raw.get("options") or {}
+    rotate = saved.get("rotate", "none")
+    if rotate not in ("hadamard", "random"):
+        return QuantOptions()
+    return QuantOptions(rotate=rotate, rotate_seed=int(saved.get("rotate_seed", 0)))
 
 
 # ------------------------------------------------------------------------------ generation

@@ -233,7 +233,7 @@ class EngineService:
         return VariantInfo.of(saved.path, saved.manifest)
 
     def load(self, spec: str, device: str, progress: ProgressFn, cancel: threading.Event) -> Loaded:
-        from engine import columns, specs, store, variants
+        from engine import columns, specs, variants
 
         if specs.parse_column_spec(spec).engine != "torch":  # SPEC@llama.cpp, remote:URL
             col = columns.open_column(spec, device, progress, cancel)
@@ -250,7 +250,7 @@ class EngineService:
         m = variant.manifest
         disk = m.bytes_on_disk if m else variant.weight_bytes()
         bpw = m.bits_per_weight if m else 16.0
-        name = variant.name if parsed.folder is None else store.variant_name(variant.fmt, parsed.method)
+        name = variant.name  # a saved variant's name comes from its manifest (rotation included)
         return Loaded(name, variant.backend, variant.weight_bytes(), disk, bpw, variant)
 
     def stream(

@@ -101,6 +101,7 @@ def test_rotated_variant_saves_and_loads_bit_identically(method, tok, calib, tmp
     assert saved.manifest.tensors[rotation.KEY]["format"] == "f32"
     mem = variant_from_model("mem", model, tok, fmt, device="cpu")
     disk = load_variant(saved.path, device="cpu")
+    assert disk.name == f"int4-g32-{method}-hadamard5"
     assert torch.equal(logits(mem.model), logits(disk.model))
     settings = GenSettings(max_new_tokens=4)
     assert (
