@@ -238,8 +238,11 @@ def find_variant(text: str, method: str = "rtn") -> Path:
 
 
 def variant_key(folder: Path) -> str:
-    """The variant's hash: sha256 of its manifest (which holds the sha256 of every tensor)."""
-    data = (Path(folder) / paths.MANIFEST).read_bytes()
+    """The variant's hash: sha256 of its folder and its manifest (which holds the sha256 of every
+    tensor). The folder counts: the cached tables name it, and two saves of the same weights (the
+    same manifest, written within one second) must not share an entry."""
+    folder = Path(folder)
+    data = str(folder.resolve()).encode() + b"\0" + (folder / paths.MANIFEST).read_bytes()
     return hashlib.sha256(data).hexdigest()[:20]
 
 

@@ -107,7 +107,7 @@ def test_cache_is_used_and_keyed_by_variant(source, tmp_path, monkeypatch):
     assert inspection.inspect_variant(folder) == first
     monkeypatch.undo()
     other, _ = quantize_saved(source, get_format("int4-g32"), "rtn", tmp_path / "w", params={})
-    assert inspection.variant_key(other) != first.key  # another manifest (creation time): another entry
+    assert inspection.variant_key(other) != first.key  # another folder (its tables name it): another entry
     again = inspection.inspect_linear(folder, "model.layers.0.self_attn.o_proj")
     monkeypatch.setattr(inspection, "_groups", lambda *a: pytest.fail("recomputed despite the cache"))
     assert inspection.inspect_linear(folder, "model.layers.0.self_attn.o_proj") == again
