@@ -108,14 +108,7 @@ def generate(
     cancel: threading.Event | None = None,
 ) -> GenResult:
     """Collect :func:`stream` (``engine.runtime.generate`` for any column)."""
-    gen = stream(column, prompt, settings, cancel)
-    while True:
-        try:
-            token = next(gen)
-        except StopIteration as stop:
-            return cast(GenResult, stop.value)
-        if on_token is not None:
-            on_token(token)
+    return runtime.collect(stream(column, prompt, settings, cancel), on_token)
 
 
 def close(column: Column) -> None:

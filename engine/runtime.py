@@ -514,7 +514,13 @@ def generate(
     on_token: Callable[[Token], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> GenResult:
-    gen = stream(variant, prompt, settings, cancel)
+    return collect(stream(variant, prompt, settings, cancel), on_token)
+
+
+def collect(
+    gen: Generator[Token, None, GenResult], on_token: Callable[[Token], None] | None = None
+) -> GenResult:
+    """Run a token stream to its end (each token to ``on_token``) and return its :class:`GenResult`."""
     while True:
         try:
             token = next(gen)
