@@ -11,7 +11,7 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from engine.divergence import Divergence
 from engine.evals.results import TaskResult
@@ -25,6 +25,7 @@ from engine.specs import EvalMode
 
 if TYPE_CHECKING:
     from engine.columns import Column
+    from engine.quant import rotation
 
 
 @dataclass(frozen=True)
@@ -352,10 +353,11 @@ class EngineService:
         )
 
 
-def rotate_kind(value: str) -> Literal["none", "hadamard", "random"]:
+def rotate_kind(value: str) -> rotation.Kind:
     """A rotation name from the UI, checked (engine/quant/rotation.py)."""
     from engine.errors import QtuiError
+    from engine.quant.rotation import KINDS
 
-    if value not in ("none", "hadamard", "random"):
-        raise QtuiError(f"unknown rotation {value!r}: none, hadamard or random")
-    return value  # type: ignore[return-value]
+    if value not in KINDS:
+        raise QtuiError(f"unknown rotation {value!r}: {', '.join(KINDS)}")
+    return value  # narrowed by the check above

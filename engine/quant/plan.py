@@ -7,7 +7,7 @@ block) and by the store and size estimates; it imports neither driver, so neithe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, cast, overload
+from typing import TYPE_CHECKING, Protocol, cast, overload
 
 import torch
 from torch import nn
@@ -21,6 +21,8 @@ from engine.quant.methods import MethodConfig, MethodSpec
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from engine.quant.rotation import Kind as RotationKind
+
 
 @dataclass(frozen=True)
 class QuantOptions:
@@ -30,7 +32,7 @@ class QuantOptions:
     sensitive_bits: int = 8  # ... 8-bit (int8 per channel, RTN) or 16-bit (unquantized)
     batch_size: int = 8  # calibration windows per forward pass
     sample_tokens: int = 512  # calibration tokens kept per Linear input for output errors / AWQ
-    rotate: Literal["none", "hadamard", "random"] = "none"  # incoherence processing (quant/rotation.py)
+    rotate: RotationKind = "none"  # incoherence processing (quant/rotation.py)
     rotate_seed: int = 0
 
 

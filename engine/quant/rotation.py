@@ -190,7 +190,7 @@ def plan_block(block: nn.Module, prefix: str, d: int) -> tuple[list[tuple[str, l
     if post:
         raise RotationError(
             f"{prefix}.{post[0]} normalizes a block output before the residual add (a post-norm): "
-            f"a rotation of the residual stream cannot pass through it ({arch.model_type(block_cfg(block))})"
+            f"a rotation of the residual stream cannot pass through it ({arch.model_type(arch.block_config(block) or block)})"
         )
     writes = [n for n in linears if n not in seen and n.rsplit(".", 1)[-1] in OUTPUT_LINEARS]
     other = [n for n in linears if n not in seen and n not in writes]
@@ -209,19 +209,6 @@ def plan_block(block: nn.Module, prefix: str, d: int) -> tuple[list[tuple[str, l
     return reads, writes
 
 
-def block_cfg(block: nn.Module) -> object:
-    return arch.block_config(block) or block
-
-
-def check(model: nn.Module) -> None:
-    """Raise :class:`RotationError` naming the first layer a rotation cannot go through."""
-    config: Any = model.config
-    d = int(config.hidden_size)
-    final_norm(model)
-    for i, block in enumerate(arch.decoder_blocks(model)):
-        plan_block(block, f"model.layers.{i}", d)
-
-
 # ------------------------------------------------------------------------------ rotate
 @torch.no_grad()
 def rotate_model(model: nn.Module, kind: Kind, seed: int = 0) -> dict[str, object]:
@@ -229,7 +216,8 @@ def rotate_model(model: nn.Module, kind: Kind, seed: int = 0) -> dict[str, objec
     config: Any = model.config
     d = int(config.hidden_size)
     blocks = arch.decoder_blocks(model)
-    plans = [plan_block(b, f"model.layers.{i}", d) for i, b in enumerate(blocks)]  # all checked first
+    final_norm(model)  # everything is checked before a weight changes
+    plans = [plan_block(b, f"model.layers.{i}", d) for i, b in enumerate(blocks)]
     r, what = orthogonal(d, kind, seed)
     head_dim = int(getattr(config, "head_dim", None) or d // int(config.num_attention_heads))
     h_head = orthogonal(head_dim, "hadamard", seed + 1)[0] if hadamard(head_dim) is not None else None
