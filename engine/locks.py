@@ -9,6 +9,12 @@ exclusive ``flock`` on ``.NAME.lock`` in the same folder (the file holds the wri
 * a temporary folder whose lock nobody holds belongs to a process that died (a SIGKILL, a power
   cut): :func:`clean_stale` removes it at the next start. The kernel drops a dead process's
   ``flock``, so a live writer's folder is never touched, however long it has been running.
+
+Within one process the locks held are kept in a registry: a thread that takes a lock it already
+holds (``quantize_and_save`` holds the variant's lock, and the store's writer under it takes it
+again) gets a counted reference instead of a second ``flock``, which would conflict with the
+first one (two open files of one process exclude each other). Another thread of the process
+meets the lock as another process would: :class:`Busy`, or a wait.
 """
 
 from __future__ import annotations
@@ -21,11 +27,26 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import Cancelled, StoreError
 
 TMP_MARK = ".tmp-"  # ".NAME.tmp-XXXXXXXX": tempfile.mkdtemp(prefix=f".{NAME}.tmp-")
+
+
+@dataclass
+class _Held:
+    """A lock this process holds: the fd with the ``flock``, the thread that took it, and how many
+    ``with`` blocks of that thread are inside it."""
+
+    fd: int
+    owner: int
+    count: int = 1
+
+
+_held: dict[str, _Held] = {}  # the lock file's absolute path -> the lock held on it
+_registry = threading.Lock()
 
 
 class Busy(StoreError):
@@ -76,6 +97,8 @@ def _busy_message(path: Path, dest: Path, what: str) -> str:
             holder = _holder(fd)
         finally:
             os.close(fd)
+    if holder == f" (pid {os.getpid()})":
+        return f"{dest} is being {what} by another task of this qtui process; wait for it to finish"
     return f"{dest} is being {what} by another qtui process{holder}; wait for it to finish"
 
 
@@ -87,32 +110,79 @@ def exclusive(
     cancel: threading.Event | None = None,
     poll_s: float = 0.2,
 ) -> Iterator[None]:
-    """Hold the lock on ``dest`` for the ``with`` block. Held by a live process: :class:`Busy`
-    at once, or (``wait``) wait until it is free (``cancel`` stops the wait). A folder that cannot
-    be written is a one-line :class:`StoreError`."""
+    """Hold the lock on ``dest`` for the ``with`` block. Held by a live process (or by another
+    thread of this one): :class:`Busy` at once, or (``wait``) wait until it is free (``cancel``
+    stops the wait). Already held by this thread: a counted reference, released with the
+    outermost block. A folder that cannot be written is a one-line :class:`StoreError`."""
     dest = Path(dest)
     path = lock_path(dest)
+    key = os.path.abspath(path)
+    me = threading.get_ident()
+    with _registry:
+        ours = _held.get(key)
+        if ours is not None and ours.owner == me:
+            ours.count += 1
+        else:
+            ours = None
+    if ours is not None:  # this thread holds it already: the outermost block releases it
+        try:
+            yield
+        finally:
+            with _registry:
+                ours.count -= 1
+        return
     created = _missing_parents(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        while (fd := _try_lock(path)) is None:
+        while (fd := _take(key, path, me)) is None:
             if not wait:
                 raise Busy(_busy_message(path, dest, what))
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled while waiting for {dest.name}")
             time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except OSError as exc:
         _remove_empty(created)
         raise write_error(exc, dest) from exc
     try:
         yield
     finally:
+        _release(key, path, fd)
+        _remove_empty(created)  # a run that saved nothing leaves no empty folders either
+
+
+def _take(key: str, path: Path, me: int) -> int | None:
+    """The ``flock`` on ``path``, registered as held by thread ``me``; None while another thread
+    of this process or another process holds it."""
+    with _registry:
+        if key in _held:  # another thread of this process (``me`` re-enters in exclusive)
+            return None
+        fd = _try_lock(path)
+        if fd is None:
+            return None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+            raise
+        _held[key] = _Held(fd, me)
+        return fd
+
+
+def _release(key: str, path: Path, fd: int) -> None:
+    with _registry:
+        _held.pop(key, None)
         with contextlib.suppress(OSError):
             os.unlink(path)  # while still held: see _try_lock
         os.close(fd)
-        _remove_empty(created)  # a run that saved nothing leaves no empty folders either
+
+
+def held(dest: Path) -> bool:
+    """Whether this process holds the lock on ``dest`` (any of its threads)."""
+    with _registry:
+        return os.path.abspath(lock_path(Path(dest))) in _held
 
 
 def _missing_parents(folder: Path) -> list[Path]:

@@ -8,6 +8,7 @@ checks the manifest, each file's size and each tensor's sha256; any mismatch is 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 import engine
-from engine import paths, typed
+from engine import locks, paths, typed
 from engine.errors import Cancelled, StoreError
 from engine.lazy import TensorSpan, read_header, read_tensor
 from engine.manifest import Manifest
@@ -138,15 +139,24 @@ class VariantWriter:
 
     def __init__(self, dest: Path, fmt: FormatSpec, overwrite: bool = False, shard_bytes: int = 1 << 30):
         self.dest = Path(dest)
-        if self.dest.exists() and not overwrite:
-            raise StoreError(f"{self.dest} already exists; remove it or pass overwrite")
         self.fmt = fmt
         self.shard_bytes = shard_bytes
+        # one writer per variant, held until the folder is renamed into place or removed: a second
+        # writer is told (locks.Busy) and the start-up clean-up of stale temporary folders leaves
+        # this one's alone; a caller that holds the lock already (quantize_and_save) re-enters it
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(locks.exclusive(self.dest, "written"))
         try:
+            if self.dest.exists() and not overwrite:
+                raise StoreError(f"{self.dest} already exists; remove it or pass overwrite")
             self.dest.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.tmp-"))
         except OSError as exc:
+            self._lock.close()
             raise _store_error(exc, self.dest) from exc
+        except BaseException:
+            self._lock.close()
+            raise
         self.described: Described = {"tensors": {}, "tied": {}}
         self.hashes: dict[str, str] = {}
         self.shards: list[str] = []
@@ -159,7 +169,10 @@ class VariantWriter:
         return self
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:
+            self._lock.close()
         if isinstance(exc, OSError):
             raise _store_error(exc, self.dest) from exc
 
