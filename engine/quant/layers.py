@@ -299,12 +299,21 @@ class QLinear(nn.Module):
     ``input_transform`` (optional, ``[in, in]``) is applied to the input first, ``y = (x T) W_q^T``:
     a model-level method (a rotation) that cannot fold ``T`` into the layer before keeps it here,
     and the store saves it (float32) with the layer.
+
+    ``adapter`` (optional, ``(A [r, in], B [out, r])``, trained by distillation) adds a low-rank
+    correction beside the kernel, ``y += ((x T) A^T) B^T``: two small matmuls, saved (16-bit).
     """
 
     input_transform: torch.Tensor | None  # a registered buffer (saved with the layer)
+    adapter_a: torch.Tensor | None  # registered buffers, both or neither
+    adapter_b: torch.Tensor | None
 
     def __init__(
-        self, qw: QuantizedWeight, bias: torch.Tensor | None, input_transform: torch.Tensor | None = None
+        self,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        input_transform: torch.Tensor | None = None,
+        adapter: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         super().__init__()
         if input_transform is not None and tuple(input_transform.shape) != (qw.shape[1], qw.shape[1]):
@@ -312,6 +321,8 @@ class QLinear(nn.Module):
         self.register_buffer(
             "input_transform", None if input_transform is None else input_transform.detach().float()
         )
+        self.register_buffer("adapter_a", None)
+        self.register_buffer("adapter_b", None)
         self.fmt = qw.fmt
         self.out_features, self.in_features = qw.shape
         self.group_size = qw.fmt.group_for(self.in_features)
@@ -320,6 +331,8 @@ class QLinear(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
         self.backend: Backend | None = None
         self._buffers_k: Buffers = {}
+        if adapter is not None:
+            self.set_adapter(*adapter)
 
     def prepare(
         self,
@@ -347,9 +360,31 @@ class QLinear(nn.Module):
         self.backend = chosen
         if self.bias is not None:
             self.bias.data = self.bias.data.to(device=device, dtype=dtype)
+        if self.adapter_a is not None and self.adapter_b is not None:
+            self.adapter_a = self.adapter_a.to(device=device, dtype=dtype)
+            self.adapter_b = self.adapter_b.to(device=device, dtype=dtype)
         if release:
             self.qw = None
         return chosen
+
+    def set_adapter(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Put a low-rank adapter beside the kernel (``a [r, in]``, ``b [out, r]``; kept 16-bit)."""
+        rank = a.shape[0]
+        if (
+            a.dim() != 2
+            or tuple(a.shape) != (rank, self.in_features)
+            or tuple(b.shape) != (self.out_features, rank)
+        ):
+            raise ValueError(
+                f"adapter {tuple(a.shape)} x {tuple(b.shape)} does not fit {self.out_features}x{self.in_features}"
+            )
+        dtype = a.dtype if a.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        self.adapter_a = a.detach().to(dtype)
+        self.adapter_b = b.detach().to(dtype)
+
+    @property
+    def adapter_rank(self) -> int:
+        return 0 if self.adapter_a is None else int(self.adapter_a.shape[0])
 
     @property
     def backend_label(self) -> str:
@@ -365,12 +400,17 @@ class QLinear(nn.Module):
         if self.input_transform is not None:
             x = x @ self.input_transform.to(device=x.device, dtype=x.dtype)
         y = backend.forward(x, self._buffers_k, self)
+        if self.adapter_a is not None and self.adapter_b is not None:
+            a = self.adapter_a.to(device=x.device, dtype=x.dtype)
+            b = self.adapter_b.to(device=x.device, dtype=x.dtype)
+            y = y + (x @ a.t()) @ b.t()
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}->{self.out_features}, {self.fmt.name}, {self.backend_label}"
+        adapter = f", adapter r{self.adapter_rank}" if self.adapter_rank else ""
+        return f"{self.in_features}->{self.out_features}, {self.fmt.name}, {self.backend_label}{adapter}"
 
 
 class TransformedLinear(nn.Linear):
