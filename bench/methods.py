@@ -4,7 +4,9 @@ top-1 agreement, time.
 python bench/methods.py [--model default|gemma3-270m|SOURCE] [--tokens 2048] [--samples 32]
                         [--seq-len 256] [--rows rtn:int4-g64,...] [--threads 2] [--json OUT]
 
-A row is METHOD[+ROTATION]:FORMAT, e.g. gptq+hadamard:int2-g64 (GPTQ on the rotated model).
+A row is METHOD[+ROTATION]:FORMAT[@BITS], e.g. gptq+hadamard:int2-g64 (GPTQ on the rotated model);
+@BITS is a bit budget over FORMAT and wider formats (gptq:mixed@2.5: every format, 2.5 bits/weight on
+average; engine/quant/allocation.py), the format column then shows the formats chosen.
 
 Run with QTUI_CACHE_DIR pointing at a cache that holds the model (the built-in ones are fetched and
 converted on first use otherwise).
@@ -32,8 +34,8 @@ from engine import sources  # noqa: E402
 from engine.evals import fidelity  # noqa: E402
 from engine.evals.data import SHARED_SAMPLES  # noqa: E402
 from engine.machine import cpu_name  # noqa: E402
+from engine.quant import allocation  # noqa: E402
 from engine.quant import calibration as C  # noqa: E402
-from engine.quant.formats import get_format  # noqa: E402
 from engine.quant.methods import get_method  # noqa: E402
 from engine.quant.pipeline import QuantOptions, prepare_model, quantize_model  # noqa: E402
 
@@ -48,11 +50,11 @@ def measure_method(loaded, ref, cal, meth_name: str, fmt_name: str, options: Qua
     """Quantize a copy of ``loaded.model`` with one method x format, run it on its kernels and
     compare it with ``ref``. Returns (row, model): ``seconds`` / ``cpu_seconds`` time
     quantize_model alone, ``ready_seconds`` also the kernel layout (prepare_model)."""
-    fmt, meth = get_format(fmt_name), get_method(meth_name)
+    fmt, meth = allocation.floor_format(fmt_name), get_method(meth_name)
     model = copy.deepcopy(loaded.model)
     t0, c0 = time.perf_counter(), time.process_time()
-    use_cal = meth.needs_calibration or options.keep_sensitive
-    quantize_model(model, fmt, meth, options=options, calibration=cal if use_cal else None)
+    use_cal = meth.needs_calibration or options.needs_calibration
+    report = quantize_model(model, fmt, meth, options=options, calibration=cal if use_cal else None)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     labels = prepare_model(model, "cpu", torch.bfloat16)
     ready = time.perf_counter() - t0
@@ -60,6 +62,7 @@ def measure_method(loaded, ref, cal, meth_name: str, fmt_name: str, options: Qua
     row = dict(
         method=meth_name,
         format=fmt.name,
+        bit_budget=report.allocation,
         kld_mean=fid.kld_mean,
         kld_p99=fid.kld_p99,
         top1=fid.top1_agreement,
@@ -99,15 +102,24 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for item in args.rows.split(","):
-        meth_part, fmt_name = item.split(":")
+        meth_part, fmt_part = item.split(":")
         meth_name, _, rotate = meth_part.partition("+")  # gptq+hadamard: GPTQ on the rotated model
-        options = QuantOptions(keep_sensitive=args.keep_sensitive, rotate=rotate or "none")
+        fmt_name, _, bits = fmt_part.partition("@")  # mixed@2.5: a bit budget
+        budget = float(bits) if bits else None
+        options = QuantOptions(
+            keep_sensitive=args.keep_sensitive, rotate=rotate or "none", bits_per_weight=budget
+        )
         row, model = measure_method(loaded, ref, cal, meth_name, fmt_name, options)
         meth_name = meth_part
         del model
         rows.append(row)
+        shown = row["format"]
+        if row["bit_budget"]:
+            chosen = row["bit_budget"]
+            counts = " ".join(f"{f}x{n}" for f, n in chosen["counts"].items())
+            shown = f"{fmt_part} ({chosen['achieved']:.3f} b/w: {counts})"
         print(
-            f"| {meth_name} | {row['format']} | {row['kld_mean']:.4f} | {row['kld_p99']:.3f} | {row['top1']:.3f} "
+            f"| {meth_name} | {shown} | {row['kld_mean']:.4f} | {row['kld_p99']:.3f} | {row['top1']:.3f} "
             f"| {row['ppl_ratio']:.3f} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['kernel']} |",
             flush=True,
         )

@@ -36,7 +36,9 @@ from engine.errors import Cancelled, QtuiError, StoreError
 from engine.lazy import WeightIndex
 from engine.manifest import Manifest
 from engine.progress import ProgressFn, no_progress
+from engine.quant import distill
 from engine.quant import primitives as P
+from engine.quant.allocation import summary
 from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 
 CACHE_VERSION = 1
@@ -57,6 +59,8 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "weight": Metric("rel_error", "weight error ||W-Wq||/||W||", True),
     "sqnr": Metric("sqnr_db", "SQNR", False, " dB"),
+    # the format each Linear got (a bit budget chooses one per Linear): the wider, the darker
+    "bits": Metric("bits_per_weight", "bits/weight of its format", True),
     "output": Metric("out_rel_error", "output error ||WX-WqX||/||WX||", True),
     "clipped": Metric("clipped", "clipped weights", True, " %"),
     "collapsed": Metric("collapsed", "collapsed to one level", True, " %"),
@@ -81,6 +85,14 @@ class LinearStat:
     def value(self, metric: str) -> float | None:
         v = getattr(self, METRICS[metric].key)
         return None if v is None else float(v)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Storage bits per weight of this Linear's format (``FormatSpec.storage_bytes``)."""
+        try:
+            return get_format(self.fmt).storage_bytes(self.shape) * 8 / max(self.shape[0] * self.shape[1], 1)
+        except QtuiError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -512,6 +524,12 @@ def inspect_variant(
         dict.fromkeys(k for k in found_kinds if k not in KIND_ORDER)
     )
     notes = []
+    budget = manifest.raw.get("bit_budget")
+    if budget:  # the format chosen per Linear: the "bits" metric draws it
+        kept = sum(1 for f in dict(budget.get("choice") or {}).values() if f in FLOAT_FORMATS)
+        notes.append(summary(budget) + (f"; {kept} Linears kept 16-bit (not listed)" if kept else ""))
+    if manifest.raw.get("distill"):  # trained scales (and adapters): the errors include what training moved
+        notes.append("distilled: " + distill.summary(manifest.raw["distill"]))
     if not names:
         notes.append(
             f"{manifest.format_name} has no quantized Linears (a 16-bit variant): nothing to inspect"

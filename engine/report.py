@@ -49,9 +49,24 @@ class ReportedVariant:
     answers: list[str] = field(default_factory=list)
     flags: list[list[str]] = field(default_factory=list)
     folder: str | None = None  # a saved variant's folder (its per-Linear heatmap is drawn from it)
+    formats: dict[str, int] = field(default_factory=dict)  # format -> block Linears stored in it
+    bit_budget: str = ""  # a bit budget's one-line summary (engine/quant/allocation.py)
+    distilled: str = ""  # a distillation's one-line summary (engine/quant/distill.py)
+
+
+def linear_formats(tensors: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """How many decoder-block Linears a manifest stores in each format (``tensors`` entries)."""
+    out: dict[str, int] = {}
+    for key, desc in tensors.items():
+        if ".layers." in key and key.endswith(".weight") and len(desc.get("shape", ())) == 2:
+            out[str(desc["format"])] = out.get(str(desc["format"]), 0) + 1
+    return out
 
 
 def variant_info(variant: Variant, key: str, n_layers: int = 5) -> ReportedVariant:
+    from engine.quant import distill
+    from engine.quant.allocation import summary
+
     m = variant.manifest  # None for a baseline made in memory
     layers = sorted(m.layers if m else [], key=lambda r: -(r.get("rel_error") or 0))[:n_layers]
     return ReportedVariant(
@@ -66,6 +81,9 @@ def variant_info(variant: Variant, key: str, n_layers: int = 5) -> ReportedVaria
         backend=variant.backend,
         worst_layers=layers,
         folder=str(variant.folder) if variant.folder is not None and m is not None else None,
+        formats=linear_formats(m.tensors) if m else {},
+        bit_budget=summary(m.raw.get("bit_budget")) if m else "",
+        distilled=distill.summary(m.raw.get("distill")) if m else "",
     )
 
 
@@ -168,7 +186,7 @@ def variants_table(infos: list[ReportedVariant], baseline: str | None) -> str:
             speed = speedup(1 / base.decode_tps, 1 / i.decode_tps)
         params = ", ".join(f"{k}={v}" for k, v in i.params.items()) or "-"
         rows.append([
-            i.name, i.format, f"{i.method} ({params})", _mb(i.bytes_on_disk), _mb(i.weight_bytes),
+            i.name, i.format if len(i.formats) <= 1 else f"mixed, at least {i.format}", f"{i.method} ({params})", _mb(i.bytes_on_disk), _mb(i.weight_bytes),
             f"{i.bits_per_weight:.2f}" if i.bits_per_weight else "-", i.backend,
             f"{1000 * i.ttft_s:.0f} ms" if i.ttft_s is not None else "-",
             f"{i.decode_tps:.1f}" if i.decode_tps else "-",
@@ -192,6 +210,27 @@ def answers_section(infos: list[ReportedVariant], prompts: Sequence[str] = FIXED
                 rows.append([i.name, text + flags])
         out.append(_md(["variant", "answer (greedy)"], rows) + "\n")
     return "\n".join(out)
+
+
+def formats_section(infos: list[ReportedVariant]) -> str:
+    """The variants whose Linears are in several formats (a bit budget, --keep-sensitive): how many
+    in each, and the budget asked and reached."""
+    rows = [
+        [i.name, i.bit_budget or "-", ", ".join(f"{f} x{n}" for f, n in i.formats.items())]
+        for i in infos
+        if len(i.formats) > 1
+    ]
+    if not rows:
+        return "(every variant stores its Linears in one format)"
+    return _md(["variant", "bit budget", "block Linears per format"], rows)
+
+
+def distill_section(infos: list[ReportedVariant]) -> str:
+    """The distilled variants: held-out KL before and after, steps, tokens, why training stopped."""
+    rows = [[i.name, i.distilled] for i in infos if i.distilled]
+    if not rows:
+        return "(no variant was distilled)"
+    return _md(["variant", "distillation"], rows)
 
 
 def worst_layers_section(infos: list[ReportedVariant]) -> str:
@@ -298,6 +337,8 @@ def write_report(
         "## Accuracy\n", accuracy_table(results, baseline) + "\n",
         "## Generative answers: format compliance and degenerate outputs\n", generation_table(results) + "\n",
         "## Fidelity to the 16-bit model\n", fidelity_table(results) + "\n",
+        "## Formats per Linear (mixed precision)\n", formats_section(infos) + "\n",
+        "## Distillation\n", distill_section(infos) + "\n",
         "## Worst layers by weight error\n", worst_layers_section(infos) + "\n",
         "## Answers to fixed prompts\n", answers_section(infos),
         "## Charts\n", "\n\n".join(f"![{title}]({path})" for title, path in charts) or "(nothing to chart)",

@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("variant", help="a variant folder, MODEL:FORMAT (with --method) or a saved variant's name")
     p.add_argument("--layer", "-l", help="one Linear: its name or BLOCK.KIND (e.g. 3.q, 12.down)")
     p.add_argument("--vs", help="a second variant: the same Linear side by side (e.g. RTN vs GPTQ)")
-    p.add_argument("--metric", "-m", default=None, choices=["weight", "sqnr", "output", "clipped", "collapsed"],
+    p.add_argument("--metric", "-m", default=None, choices=["weight", "sqnr", "bits", "output", "clipped", "collapsed"],
                    help="the heatmap's metric (default: output error where recorded, else weight error)")  # fmt: skip
     p.add_argument("--method", default="rtn", help="with MODEL:FORMAT: the method of the saved variant")
     p.add_argument("--worst", type=int, default=10, help="how many worst Linears to list")
@@ -72,7 +72,7 @@ def _cell(v: float | None, metric: str) -> str:
         return "-"
     if metric == "sqnr":
         return f"{v:.1f}"
-    if metric in ("clipped", "collapsed"):
+    if metric in ("clipped", "collapsed", "bits"):
         return f"{v:.2f}"
     return f"{v:.4f}"
 
@@ -101,14 +101,14 @@ def print_table(table, metric: str, worst: int = 10, stream: TextIO | None = Non
     if rows:
         print(f"\nworst {len(rows)} by {m.label}:", file=out)
         print(
-            f"  {'linear':40} {'weight err':>10} {'SQNR dB':>8} {'out err':>8} {'clip %':>7} {'1-lvl %':>8}",
+            f"  {'linear':40} {'weight err':>10} {'SQNR dB':>8} {'out err':>8} {'clip %':>7} {'1-lvl %':>8}  format",
             file=out,
         )
         for s in rows:
             print(
                 f"  {s.name:40} {_cell(s.rel_error, 'weight'):>10} {_cell(s.sqnr_db, 'sqnr'):>8} "
                 f"{_cell(s.out_rel_error, 'output'):>8} {_cell(s.clipped, 'clipped'):>7} "
-                f"{_cell(s.collapsed, 'collapsed'):>8}",
+                f"{_cell(s.collapsed, 'collapsed'):>8}  {s.fmt}",
                 file=out,
             )
     print(file=out)

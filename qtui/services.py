@@ -92,6 +92,8 @@ class Service(Protocol):
         calibration: str = "",
         device: str = "cpu",
         rotate: str = "none",
+        bits_per_weight: str = "",
+        distill: str = "",
     ) -> QuantRequest: ...
     def quantize(
         self, request: QuantRequest, progress: ProgressFn, cancel: threading.Event
@@ -207,13 +209,20 @@ class EngineService:
         calibration: str = "",
         device: str = "cpu",
         rotate: str = "none",
+        bits_per_weight: str = "",
+        distill: str = "",
     ) -> QuantRequest:
         """The typed request for one job, checked here (unknown parameters, bad values, a device
         this machine lacks are one-line errors before anything is queued)."""
+        from engine.quant.distill import parse as parse_distill
         from engine.quant.plan import QuantOptions
         from engine.request import QuantRequest
 
-        options = QuantOptions(rotate=rotate_kind(rotate))
+        options = QuantOptions(
+            rotate=rotate_kind(rotate),
+            bits_per_weight=budget_bits(bits_per_weight),
+            distill=parse_distill(distill),
+        )
         return QuantRequest.build(
             source_ref, fmt, method, params, calibration or None, options, device=device, overwrite=True
         )
@@ -351,6 +360,13 @@ class EngineService:
         return divergence.divergence(
             _variant(baseline), _variant(loaded), messages, answer_ids, system, cancel=cancel
         )
+
+
+def budget_bits(value: str) -> float | None:
+    """A bit budget typed in the UI (``2.5``, ``mixed-2.5``; empty: none), parsed; engine/quant/allocation.py."""
+    from engine.quant.allocation import parse_budget
+
+    return parse_budget(value) if value.strip() else None
 
 
 def rotate_kind(value: str) -> rotation.Kind:

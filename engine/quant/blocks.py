@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
+import copy
 import heapq
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import torch
@@ -125,16 +126,41 @@ def capture_inputs(
     return inputs, kwargs
 
 
+Job = tuple[FormatSpec, list[tuple[str, nn.Linear]], LinearStats | None]  # (format, Linears, their stats)
+
+
 def _jobs(
-    linears: list[tuple[str, nn.Linear]], stats: Mapping[str, LinearStats]
-) -> list[list[tuple[str, nn.Linear]]]:
-    """Linears grouped by the input they read (same stats object), in forward order."""
-    jobs: dict[int, list[tuple[str, nn.Linear]]] = {}
+    linears: list[tuple[str, nn.Linear]],
+    stats: Mapping[str, LinearStats],
+    fmt_of: Callable[[str], FormatSpec],
+) -> list[Job]:
+    """Linears grouped by the input they read (same stats object) and their format, in forward
+    order, each group with its format and stats. Linears reading one input in different formats
+    (a bit budget) make several groups: each but the last gets a copy of the stats with its own
+    Hessian (GPTQ takes the accumulator over)."""
+    jobs: dict[tuple[int, str], list[tuple[str, nn.Linear]]] = {}
     for name, module in linears:
         st = stats.get(name)
-        key = id(st) if st is not None else id(module)
+        key = (id(st) if st is not None else id(module), fmt_of(name).name)
         jobs.setdefault(key, []).append((name, module))
-    return list(jobs.values())
+    readers: dict[int, int] = {}
+    for sid, _ in jobs:
+        readers[sid] = readers.get(sid, 0) + 1
+    out: list[Job] = []
+    for (sid, _), job in jobs.items():
+        st = stats.get(job[0][0])
+        readers[sid] -= 1
+        if st is not None and readers[sid] > 0:
+            st = _with_own_hessian(st)
+        out.append((fmt_of(job[0][0]), job, st))
+    return out
+
+
+def _with_own_hessian(st: LinearStats) -> LinearStats:
+    """A copy of ``st`` (sharing its read-only samples) with a copy of its Hessian accumulator."""
+    twin = copy.copy(st)
+    twin.H = None if st.H is None else st.H.clone()
+    return twin
 
 
 def _rows(qw: QuantizedWeight, start: int, count: int) -> QuantizedWeight:
@@ -207,7 +233,10 @@ def quantize_blocks(
     cancel: threading.Event | None = None,
     device: torch.device | str | None = None,
     io: BlockIO = IN_MEMORY,
+    formats: Mapping[str, FormatSpec] | None = None,
 ) -> None:
+    """``formats``: a format per Linear (qualified name; a bit budget's choice), else ``fmt`` for all.
+    A Linear given a 16-bit format stays a float Linear."""
     device = torch.device(device or "cpu")
     layers = decoder_layers(model)
     total = sum(isinstance(m, nn.Linear) for b in layers for m in b.modules())
@@ -222,21 +251,32 @@ def quantize_blocks(
         block.to(device=device, dtype=torch.float32)
         stats = collect_stats(block, inputs, options.sample_tokens)
         top = {n: st.top_channels() for n, st in stats.items()}  # before any scale is folded
+
+        def fmt_of(name: str, b: int = b) -> FormatSpec:
+            return formats.get(f"model.layers.{b}.{name}", fmt) if formats else fmt
+
         if method.prepare_block is not None:
-            report.block_info.append({"block": b, **method.prepare_block(block, stats, fmt, cfg)})
+            # a block of mixed formats: AWQ's scale search aims at its narrowest format
+            chosen = [f for f in map(fmt_of, stats) if not f.is_float]
+            block_fmt = min(chosen, key=lambda f: f.bits_per_weight()) if chosen else fmt
+            report.block_info.append({"block": b, **method.prepare_block(block, stats, block_fmt, cfg)})
         report.block_info.append({"block": b, "act_top": top})  # the largest input channels (engine.inspect)
         linears = [(n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear)]
-        for job in _jobs(linears, stats):
+        for lfmt, job, st in _jobs(linears, stats, fmt_of):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"quantization cancelled at model.layers.{b}.{job[0][0]}")
             if progress:
                 progress(done, total, f"block {b + 1}/{len(layers)}: {', '.join(n for n, _ in job)}")
             t0 = time.perf_counter()
-            st = stats.get(job[0][0])
             weights = [m.weight.detach().float() for _, m in job]
+            if lfmt.is_float:  # a bit budget kept these 16-bit: they stay float Linears
+                for (name, _), w in zip(job, weights, strict=True):
+                    report.layers.append(_float_report(f"model.layers.{b}.{name}", w, lfmt, st))
+                    done += 1
+                continue
             # Linears reading one input are quantized as one matrix (rows are independent in
             # every method here; GPTQ then runs its column loop once for q, k and v)
-            whole = method.linear(torch.cat(weights), st, fmt, cfg)
+            whole = method.linear(torch.cat(weights), st, lfmt, cfg)
             seconds = (time.perf_counter() - t0) / len(job)
             x = st.sample if st is not None else torch.zeros(1, weights[0].shape[1], device=device)
             row = 0
@@ -248,7 +288,7 @@ def quantize_blocks(
                 out = float(out)  # x is given: always a number
                 # codes live on the CPU: only the block being worked on stays on the device
                 set_module(block, name, QLinear(qw.to("cpu"), module.bias, input_transform_of(module)))
-                report.layers.append(LayerReport(full, qw.shape, fmt.name, seconds, rel, sqnr, out))
+                report.layers.append(LayerReport(full, qw.shape, lfmt.name, seconds, rel, sqnr, out))
                 if options.keep_sensitive:
                     item = (out, full, w.cpu(), len(report.layers) - 1)
                     if len(kept) < options.keep_sensitive:
@@ -256,8 +296,9 @@ def quantize_blocks(
                     elif out > kept[0][0]:
                         heapq.heapreplace(kept, item)
                 done += 1
+            del whole, module
         # the float Linears and their weights go now, not when the next block replaces the names
-        del stats, linears, job, weights, whole, module, w
+        del stats, linears, job, weights, w
         qlinears = [m for m in block.modules() if isinstance(m, QLinear)]
         for q in qlinears:
             q.prepare(device, torch.float32, "dense")
@@ -273,6 +314,13 @@ def quantize_blocks(
     _keep_sensitive(model, kept, options, report)
     if progress:
         progress(total, total, "blocks done")
+
+
+def _float_report(name: str, w: torch.Tensor, fmt: FormatSpec, st: LinearStats | None) -> LayerReport:
+    """The report of a Linear a bit budget kept in a 16-bit format (its error: the cast's)."""
+    x = st.sample if st is not None else torch.zeros(1, w.shape[1], device=w.device)
+    rel, sqnr, out = weight_errors(w, w.to(fmt.torch_dtype).float(), x)
+    return LayerReport(name, (w.shape[0], w.shape[1]), fmt.name, 0.0, rel, sqnr, out)
 
 
 def _keep_sensitive(model: nn.Module, kept: list[Kept], options: QuantOptions, report: QuantReport) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from engine.errors import Cancelled, QtuiError
 from engine.progress import ProgressFn
-from engine.quant import rotation
+from engine.quant import allocation, rotation
 from engine.quant.blocks import quantize_blocks
 from engine.quant.calibration import Calibration
 from engine.quant.formats import FormatSpec
@@ -81,9 +81,12 @@ def quantize_model(
     quantized and must be discarded (nothing has been written to disk).
     """
     method.check_format(fmt)
+    allocation.check(fmt, method, options)
     cfg = method.configure(config).resolved(fmt)
-    if calibration is None and (method.needs_calibration or options.keep_sensitive):
-        raise QtuiError(f"{method.name} needs calibration data (and so does --keep-sensitive)")
+    if calibration is None and (method.needs_calibration or options.needs_calibration):
+        raise QtuiError(
+            f"{method.name} needs calibration data (and so do --keep-sensitive and --bits-per-weight)"
+        )
     dev = torch.device(device or "cpu")
     report = QuantReport(fmt, method, cfg, options, device=str(dev))
     if options.quantize_embeddings and hf_model(model).config.tie_word_embeddings:
@@ -107,7 +110,16 @@ def quantize_model(
     if calibration is not None:
         report.calibration = calibration.describe()
         todo = [n for n in todo if not n.startswith("model.layers.")]
-        quantize_blocks(model, fmt, method, cfg, options, report, calibration.ids, progress, cancel, dev, io)
+        formats = None
+        if options.bits_per_weight is not None:  # pass 1: a format per Linear (quant/allocation.py)
+            if io is not IN_MEMORY:
+                raise QtuiError("a bit budget needs the model in memory (it is not streamed from disk)")
+            chosen = allocation.allocate(model, fmt, method, options, calibration.ids, progress, cancel, dev)
+            report.allocation = chosen.describe()
+            formats = chosen.formats()
+        quantize_blocks(
+            model, fmt, method, cfg, options, report, calibration.ids, progress, cancel, dev, io, formats
+        )
     current = ""
     for i, name in enumerate(todo):
         if cancel is not None and cancel.is_set():

@@ -91,13 +91,27 @@ class FakeService:
         }.get(fmt)
 
     def quantize_request(
-        self, source_ref, fmt, method, params="", calibration="", device="cpu", rotate="none"
+        self,
+        source_ref,
+        fmt,
+        method,
+        params="",
+        calibration="",
+        device="cpu",
+        rotate="none",
+        bits_per_weight="",
+        distill="",
     ):
+        from engine.quant.distill import parse as parse_distill
         from engine.quant.plan import QuantOptions
         from engine.request import QuantRequest
-        from qtui.services import rotate_kind
+        from qtui.services import budget_bits, rotate_kind
 
-        options = QuantOptions(rotate=rotate_kind(rotate))
+        options = QuantOptions(
+            rotate=rotate_kind(rotate),
+            bits_per_weight=budget_bits(bits_per_weight),
+            distill=parse_distill(distill),
+        )
         return QuantRequest.build(
             source_ref, fmt, method, params, calibration or None, options, device=device, overwrite=True
         )

@@ -298,6 +298,27 @@ async def test_models_screen_rotation_reaches_the_request(fake, settings):
         assert job.request.dest.name.endswith("-hadamard")
 
 
+async def test_models_screen_bit_budget_reaches_the_request(fake, settings):
+    """The bits/weight typed on the Models screen is the request's budget (and its variant name); a
+    budget below the selected (narrowest) format is a notification, not a job."""
+    from textual.widgets import Input, SelectionList
+
+    app = QtuiApp(service=fake, settings=settings, autoload=False, sample_resources=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: formats_ready(app))
+        floor = next(f for f in app.screen.query_one("#formats", SelectionList).selected if f != "bf16")
+        app.screen.query_one("#bits-per-weight", Input).value = "1.0"
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: any("bits-per-weight 1" in n.message for n in app._notifications))
+        assert not app.jobs
+        app.screen.query_one("#bits-per-weight", Input).value = "9"
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
+        job = next(iter(app.jobs.values()))
+        assert job.request.options.bits_per_weight == 9.0 and job.request.fmt.name == floor
+        assert job.request.dest.name.endswith("-bpw9")
+
+
 def test_settings_file_holds_parsed_values(tmp_path, monkeypatch):
     """settings.json keeps parsed data; older text values are converted, bad ones reset."""
     import json
