@@ -10,6 +10,11 @@ worker, and the view switches between Chat, Dashboard and Quantize now and then.
 * RSS every second (growth measured from the end of the first minute, when caches are warm);
 * errors: error notifications, workers that failed, and any exception the app raised.
 
+``--stalls`` says what the event loop was doing during each stall: a thread samples the UI
+thread's stack every 5 ms, and the samples that fall inside a stall are counted by the innermost
+frame of qtui/engine, and of any library (the function holding the loop; a worker holding the GIL
+shows as the UI thread waiting wherever it was).
+
 ``--engine fake`` (default) is tests/ui/fake_engine.py with a per-token delay (the UI under a
 steady token stream, nothing else competing for the CPU); ``--engine real`` runs the default model
 (its baseline and three RTN variants; needs the default model fetched once). Not part of
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import statistics
@@ -43,6 +49,39 @@ PROMPTS = [
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+
+class StallSampler(threading.Thread):
+    """Samples one thread's stack every ``period`` seconds into a ring (time, frames)."""
+
+    def __init__(self, ident: int, period: float = 0.005) -> None:
+        super().__init__(daemon=True, name="stall-sampler")
+        self.target, self.period = ident, period
+        self.samples: collections.deque = collections.deque(maxlen=4000)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.period):
+            frame = sys._current_frames().get(self.target)
+            stack = []
+            while frame is not None and len(stack) < 60:
+                stack.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+                frame = frame.f_back
+            self.samples.append((time.perf_counter(), stack))
+
+    def within(self, start: float, end: float) -> list[list[tuple[str, int, str]]]:
+        return [stack for t, stack in list(self.samples) if start <= t <= end]
+
+
+def _where(stack: list[tuple[str, int, str]], ours: bool) -> str:
+    """The innermost frame of the stack in qtui/engine (``ours``) or anywhere but asyncio."""
+    root = str(Path(__file__).resolve().parents[1])
+    for filename, line, name in stack:
+        mine = filename.startswith(root) and "/.venv/" not in filename and "/bench/" not in filename
+        if (ours and mine) or (not ours and "/asyncio/" not in filename and "selectors" not in filename):
+            short = filename.split("site-packages/")[-1] if "site-packages/" in filename else filename
+            return f"{short.replace(root + '/', '')}:{line} {name}"
+    return "(none)"
 
 
 def make_app(args):
@@ -78,6 +117,8 @@ async def soak(args) -> dict:
 
     app.notify = recording_notify  # type: ignore[method-assign]
     lags: list[float] = []
+    stall_ours: collections.Counter[str] = collections.Counter()  # samples inside stalls, by frame
+    stall_any: collections.Counter[str] = collections.Counter()
     rss: list[tuple[float, int]] = []
     counts = {"prompts": 0, "tokens": 0, "quantized": 0, "evaluations": 0, "switches": 0}
     async with app.run_test(size=(200, 50)) as pilot:
@@ -97,14 +138,22 @@ async def soak(args) -> dict:
 
         touring = [False]  # a screen switch in progress (stalls are attributed to it or not)
         tour_stalls: list[float] = []
+        sampler = StallSampler(threading.get_ident()) if args.stalls else None
+        if sampler is not None:
+            sampler.start()
 
         async def lag_probe():
             while not stop.is_set():
                 t = time.perf_counter()
                 await asyncio.sleep(0.01)
-                lags.append(time.perf_counter() - t - 0.01)
+                end = time.perf_counter()
+                lags.append(end - t - 0.01)
                 if lags[-1] > 0.1 and touring[0]:
                     tour_stalls.append(lags[-1])
+                if lags[-1] > 0.1 and sampler is not None:
+                    for stack in sampler.within(t, end):
+                        stall_ours[_where(stack, True)] += 1
+                        stall_any[_where(stack, False)] += 1
 
         traced: list = []
 
@@ -153,6 +202,8 @@ async def soak(args) -> dict:
             await pilot.pause(0.2)
         stop.set()
         await asyncio.gather(*probes)
+        if sampler is not None:
+            sampler.stop.set()
         if traced:  # where the memory that grew after the first minute was allocated
             grown = tracemalloc.take_snapshot().compare_to(traced[0], "traceback")
             for stat in grown[:8]:
@@ -187,6 +238,10 @@ async def soak(args) -> dict:
             "samples": len(rss),
         },
         "work": counts | {"quantize_jobs_done": done_jobs},
+        "stall_samples": {
+            "ours": stall_ours.most_common(15),
+            "any": stall_any.most_common(15),
+        },
         "errors": errors,
     }
 
@@ -202,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-limit", type=int, default=20)
     p.add_argument("--switch-every", type=float, default=20.0)
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--stalls", action="store_true", help="sample the UI thread: what runs during stalls")
     p.add_argument("--trace", action="store_true", help="tracemalloc: where memory grew after minute 1")
     args = p.parse_args(argv)
     if args.engine == "real":
@@ -228,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         f"jobs queued ({work['quantize_jobs_done']} done), {work['evaluations']} evaluations, "
         f"{work['switches']} screen tours"
     )
+    if args.stalls:
+        for kind in ("ours", "any"):
+            print(f"UI-thread samples inside stalls (5 ms each), innermost frame ({kind}):")
+            for where, n in r["stall_samples"][kind]:
+                print(f"  {n:5d}  {where}")
     print(f"errors: {len(r['errors'])}" + "".join(f"\n  {e}" for e in r["errors"]))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))

@@ -22,6 +22,7 @@ from engine import paths
 from engine.runtime import GenResult, GenSettings
 from engine.telemetry import cuda_allocated_bytes, rss_bytes
 from qtui.config import Settings
+from qtui.heap import Freezer
 from qtui.screens.registry import SCREENS
 from qtui.services import EngineService, Loaded, Service
 from qtui.state import Metrics, QuantJob
@@ -100,6 +101,7 @@ class QtuiApp(App):
         self.loaded: dict[str, Loaded] = {}
         self.loading: dict[str, str] = {}
         self.metrics = Metrics()
+        self.freezer = Freezer()  # gc.freeze when something long-lived came (qtui.heap)
         self.eval_results: list = []  # engine.evals TaskResults of this session, newest last
 
         self.sampling = sample_resources  # off in snapshot tests (RSS is not deterministic)
@@ -235,7 +237,7 @@ class QtuiApp(App):
     def _loaded_changed(self) -> None:
         # Models are large, long-lived object graphs: move them out of the cyclic GC's reach, or
         # every full collection walks them all and stalls the UI (measured: up to 300 ms pauses)
-        gc.freeze()
+        self.freezer.settle(self.loaded.values())
         chat = self.get_screen("chat")
 
         if chat.is_mounted:
@@ -290,8 +292,8 @@ class QtuiApp(App):
 
         finally:
             job.finished = time.monotonic()
-            gc.collect()  # first: freezing pins any cyclic garbage still pending for good
-            gc.freeze()  # what quantizing imported and built stays: keep full GCs short
+            gc.collect()  # the job's model and reports, at once (and never pinned by a freeze)
+            self.freezer.settle()  # only what quantizing imported: see qtui.heap
 
     def _after_bootstrap_job(self) -> None:
         pending = [j for j in self.jobs.values() if j.then_load and j.status in ("queued", "running")]

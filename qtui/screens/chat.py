@@ -10,13 +10,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Header, Input, Static
 
 from engine.multichat import round_robin
 from engine.runtime import GenSettings
 from qtui.messages import ColumnDone, ColumnText, GenerationFinished
 from qtui.screens.chat_divergence import DivergenceMixin
 from qtui.widgets.chat_column import ChatColumn
+from qtui.widgets.footer import Footer
 
 FLUSH_S = 1 / 30  # batch tokens per column: at most ~30 UI updates a second each
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import DataTable, Header
 
 from qtui.widgets.charts import BarChart, IntervalChart, SeriesChart
+from qtui.widgets.footer import Footer
 
 REDRAW_S = 1.0
 

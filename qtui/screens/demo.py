@@ -21,12 +21,13 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, ProgressBar, Static
+from textual.widgets import DataTable, ProgressBar, Static
 
 from engine import demo
 from engine.multichat import round_robin
 from engine.runtime import GenResult, GenSettings
 from qtui.widgets.chat_column import ChatColumn
+from qtui.widgets.footer import Footer
 
 
 @dataclass

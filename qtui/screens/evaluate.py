@@ -13,7 +13,6 @@ from textual.screen import Screen
 from textual.widgets import (
     Button,
     DataTable,
-    Footer,
     Header,
     Input,
     Label,
@@ -24,6 +23,7 @@ from textual.widgets import (
 )
 
 from engine.progress import ProgressClock
+from qtui.widgets.footer import Footer
 
 MODES = [("log-likelihood (knowledge, format-free)", "loglik"), ("generative (\\boxed{} answers)", "generate"),
          ("fidelity to the baseline (KLD, top-1, PPL)", "fidelity")]  # fmt: skip

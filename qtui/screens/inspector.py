@@ -19,12 +19,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Select, Static
+from textual.widgets import DataTable, Header, Select, Static
 from textual.worker import get_current_worker
 
 from engine.errors import Cancelled
 from engine.heatmap import badness, colour
 from engine.inspection import METRICS, LinearView, VariantTable, compare_cells
+from qtui.widgets.footer import Footer
 from qtui.widgets.linear_panel import LinearPanel
 
 NONE = "(none)"

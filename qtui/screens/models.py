@@ -10,7 +10,6 @@ from textual.screen import Screen
 from textual.widgets import (
     Button,
     DataTable,
-    Footer,
     Header,
     Input,
     Label,
@@ -23,6 +22,7 @@ from textual.widgets.option_list import Option
 
 from engine import typed
 from qtui.widgets.chat_column import human_bytes
+from qtui.widgets.footer import Footer
 
 
 class ModelsScreen(Screen):

@@ -7,8 +7,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Label
+from textual.widgets import Button, Header, Label
 
+from qtui.widgets.footer import Footer
 from qtui.widgets.quant_queue import QuantQueue
 
 

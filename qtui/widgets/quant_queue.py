@@ -49,24 +49,49 @@ class QuantRow(Horizontal, can_focus=True):
             info.update("cancelled (nothing saved)")
 
 
+KEEP_FINISHED = 20  # rows of finished jobs kept (the newest): a long session's list stays bounded
+
+
+def shown_jobs(jobs: dict[int, QuantJob]) -> list[QuantJob]:
+    """The jobs with a row: every queued or running one, and the newest finished ones."""
+    finished = [j.id for j in jobs.values() if j.status not in ("queued", "running")]
+    old = set(finished[:-KEEP_FINISHED]) if len(finished) > KEEP_FINISHED else set()
+    return [j for j in jobs.values() if j.id not in old]
+
+
 class QuantQueue(VerticalScroll):
-    """Rows for every job in ``app.jobs``; refreshed from state four times a second."""
+    """Rows for the jobs in ``app.jobs`` (see :func:`shown_jobs`); refreshed from state four times
+    a second."""
 
     def on_mount(self) -> None:
+        self._settled: set[int] = set()  # finished jobs whose row shows their final state
         self.set_interval(0.25, self.sync)
-        self.sync()
+        self.sync(force=True)
 
-    def sync(self) -> None:
+    def sync(self, force: bool = False) -> None:
+        if not force and not self.screen.is_current:
+            return  # nobody sees the rows: they catch up within 0.25 s of the screen coming back
         jobs = getattr(self.app, "jobs", {})
-        shown = {row.job.id: row for row in self.query(QuantRow)}
-        for job in jobs.values():
+        keep = shown_jobs(jobs)
+        keep_ids = {job.id for job in keep}
+        self._settled &= keep_ids
+        shown: dict[int, QuantRow] = {}
+        for row in self.query_children(QuantRow):
+            if row.job.id in keep_ids:
+                shown[row.job.id] = row
+            else:
+                row.remove()  # an old finished job: its widgets go (issue 13's soak)
+        for job in keep:
             if job.id not in shown:
                 row = QuantRow(job)
                 self.mount(row)
                 shown[job.id] = row
         for row in shown.values():
-            if row.is_mounted and row.children:
+            if row.is_mounted and row.children and row.job.id not in self._settled:
                 row.refresh_job()
+                job = row.job
+                if job.status not in ("queued", "running") and (job.finished or not job.started):
+                    self._settled.add(job.id)  # its last state is shown: no more work a tick
         empty = self.query(".queue-empty")
         if not jobs and not empty:
             self.mount(

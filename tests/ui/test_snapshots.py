@@ -9,6 +9,7 @@ from qtui.app import QtuiApp
 from qtui.config import Settings
 from qtui.services import Loaded
 from qtui.state import QuantJob
+from qtui.widgets.charts import Chart
 from tests.helpers import formats_ready, until
 from tests.ui.fake_engine import FakeService
 
@@ -107,6 +108,9 @@ def test_dashboard_snapshot(snap_compare, tmp_path):
         )
         app.switch_to("dashboard")
         await pilot.pause(1.2)
+        charts = list(app.screen.query(Chart))  # drawn in threads (qtui.widgets.charts)
+        await until(pilot, lambda: all(c.drawn for c in charts), timeout=30)
+        await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
