@@ -45,18 +45,21 @@ class MemoryEstimate:
     statistics: int  # Hessians and token samples of one block's Linear inputs, GPTQ's working copy
     output: int  # quantized tensors waiting to be written
     streaming: bool
+    training: int = 0  # distillation: the teacher, a batch's activations and logits (quant/distill.py)
 
     @property
     def total(self) -> int:
-        return self.process + self.block + self.outside + self.activations + self.statistics + self.output
+        parts = self.block + self.outside + self.activations + self.statistics + self.output + self.training
+        return self.process + parts
 
     def describe(self) -> str:
         what = "one block" if self.streaming else "the whole model"
         return (
             f"~{human_bytes(self.total)} peak: {what} in float32 {human_bytes(self.block)}, embeddings/head "
             f"{human_bytes(self.outside)}, activations {human_bytes(self.activations)}, statistics "
-            f"{human_bytes(self.statistics)}, output {human_bytes(self.output)}, process "
-            f"{human_bytes(self.process)}"
+            f"{human_bytes(self.statistics)}, output {human_bytes(self.output)}, "
+            + (f"distillation {human_bytes(self.training)}, " if self.training else "")
+            + f"process {human_bytes(self.process)}"
         )
 
 

@@ -467,6 +467,12 @@ def _plan(
             f"cannot export to GGUF: {transforms[0]} is an input transform applied at run time; "
             "llama.cpp has no place for it"
         )
+    adapters = [k for k in tensors if k.endswith(store.ADAPTER_SUFFIXES)]
+    if adapters:
+        raise ExportError(
+            f"cannot export to GGUF: {adapters[0]} is a distilled low-rank adapter run beside the "
+            "quantized weight; llama.cpp has no place for it (distil without --adapter-rank to export)"
+        )
     for key, desc in manifest.tensors.items():
         if cancel is not None and cancel.is_set():
             raise Cancelled("export cancelled; nothing was written")

@@ -257,6 +257,13 @@ def plan(variant: Path, manifest: Manifest) -> _Plan:
             f"cannot export to {TARGET}: {transforms[0]} is an input transform applied at run time; "
             "transformers' and vLLM's model code have no place for it"
         )
+    adapters = [k for k in manifest.tensors if k.endswith(store.ADAPTER_SUFFIXES)]
+    if adapters:
+        raise ExportError(
+            f"cannot export to {TARGET}: {adapters[0]} is a distilled low-rank adapter run beside the "
+            "quantized weight; transformers' and vLLM's quantized layers have no place for it "
+            "(distil without --adapter-rank to export)"
+        )
     floats = set(store.FLOAT_NAMES.values())
     quantized = {
         k.removesuffix(".weight"): get_format(str(d["format"]))

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from engine import budget, devices, limits, sources, store, typed
+from engine.errors import QtuiError
+from engine.quant import allocation
 from engine.quant.calibration import BUILTIN, CalibrationSpec
 from engine.quant.formats import FormatSpec, get_format
 from engine.quant.methods import MethodConfig, MethodSpec, get_method
@@ -54,6 +56,9 @@ class QuantRequest:
         spec = get_format(fmt) if isinstance(fmt, str) else fmt
         meth = get_method(method)
         meth.check_format(spec)
+        allocation.check(spec, meth, options or QuantOptions())  # a bit budget's refusals, before any load
+        if options is not None and options.distill is not None and spec.is_float:
+            raise QtuiError(f"--distill trains a quantized model's scales: {spec.name} has none to train")
         if isinstance(params, str):
             params = typed.parse_assignments(params, f"method {meth.name} parameter")
         config = meth.configure(params)

@@ -16,7 +16,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
 
@@ -266,14 +266,20 @@ def load_variant(
 
 
 def _saved_options(manifest: Manifest) -> QuantOptions:
-    """The options that name a variant (a rotation), as its manifest records them."""
+    """The options that name a variant (a rotation, a distillation), as its manifest records them."""
+    from engine.quant.distill import DistillConfig
     from engine.quant.plan import QuantOptions
 
     saved = manifest.raw.get("options") or {}
     rotate = saved.get("rotate", "none")
-    if rotate not in ("hadamard", "random"):
-        return QuantOptions()
-    return QuantOptions(rotate=rotate, rotate_seed=int(saved.get("rotate_seed", 0)))
+    options = QuantOptions()
+    if rotate in ("hadamard", "random"):
+        options = replace(options, rotate=rotate, rotate_seed=int(saved.get("rotate_seed", 0)))
+    distilled = manifest.raw.get("distill")
+    if isinstance(distilled, dict):
+        steps, rank = int(distilled.get("steps", 1)), int(distilled.get("adapter_rank", 0))
+        options = replace(options, distill=DistillConfig(steps=steps, adapter_rank=rank))
+    return options
 
 
 # ------------------------------------------------------------------------------ generation

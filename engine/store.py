@@ -31,7 +31,7 @@ from engine.errors import Cancelled, StoreError
 from engine.lazy import TensorSpan, read_header, read_tensor
 from engine.manifest import Manifest
 from engine.progress import ProgressFn
-from engine.quant import arch, rotation
+from engine.quant import allocation, arch, rotation
 from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.plan import LayerReport, QuantOptions, QuantReport, hf_model, quantized_modules, set_module
@@ -44,6 +44,7 @@ WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 MANIFEST_VERSION = 1
 TRANSFORM_SUFFIX = ".input_transform"  # a QLinear's input transform (float32)
+ADAPTER_SUFFIXES = (".adapter_a", ".adapter_b")  # a QLinear's distilled low-rank adapter (16-bit)
 FLOAT_NAMES = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
 
@@ -56,10 +57,16 @@ def tensor_sha256(t: torch.Tensor) -> str:
 def variant_name(fmt: FormatSpec, method: str, options: QuantOptions | None = None) -> str:
     """``int4-g64-gptq``; mixed precision adds ``-keepKxB`` (the one place that suffix is made)."""
     name = fmt.name if fmt.is_float else f"{fmt.name}-{method}"
+    budget = options.bits_per_weight if options is not None and not fmt.is_float else None
+    if budget is not None:  # a bit budget over every candidate (--format mixed), or above a floor
+        name = f"mixed{budget:g}-{method}" if allocation.is_mixed(fmt) else f"{name}-bpw{budget:g}"
     if options is not None and options.keep_sensitive and not fmt.is_float:
         name += f"-keep{options.keep_sensitive}x{options.sensitive_bits}"
     if options is not None and options.rotate != "none" and not fmt.is_float:
         name += f"-{options.rotate}" + (f"{options.rotate_seed}" if options.rotate_seed else "")
+    if options is not None and options.distill is not None and not fmt.is_float:
+        d = options.distill
+        name += f"-distill{d.steps}" + (f"r{d.adapter_rank}" if d.adapter_rank else "")
     return name
 
 
@@ -337,6 +344,8 @@ def _manifest(
             else None
         ),
         "method_info": report.block_info if report else [],
+        "bit_budget": report.allocation if report else None,  # the format chosen per Linear
+        "distill": report.distill if report else None,  # what distillation trained, its curves
     }
 
 
@@ -495,7 +504,9 @@ def build_model(
             new: nn.Module = QEmbedding(qw, old.padding_idx)
         else:
             bias = state.get(f"{name}.bias")  # stays in state: load_state_dict fills QLinear.bias
-            new = QLinear(qw, bias, state.get(name + TRANSFORM_SUFFIX))
+            a, b = (state.get(name + suffix) for suffix in ADAPTER_SUFFIXES)  # distilled
+            adapter = (a, b) if a is not None and b is not None else None
+            new = QLinear(qw, bias, state.get(name + TRANSFORM_SUFFIX), adapter)
         del qw
         set_module(model, name, new)
         if place is not None:

@@ -9,6 +9,7 @@ A SPEC is one of
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from engine import budget, integrity, limits, locks, runtime, sources, store, st
 from engine.errors import Cancelled, QtuiError, StoreError
 from engine.lazy import LazyModel
 from engine.progress import ProgressFn, no_progress
+from engine.quant import distill
 from engine.quant.calibration import CalibrationSpec
 from engine.quant.calibration import build as build_calibration
 from engine.quant.formats import get_format
@@ -37,7 +39,9 @@ def streamable(request: QuantRequest) -> bool:
     model_level = (
         meth.prepare_model is not None or meth.finalize_model is not None or options.rotate != "none"
     )
-    return not options.keep_sensitive and not model_level
+    budget = options.bits_per_weight is not None  # a bit budget: every block's statistics first
+    distill = options.distill is not None  # trains the whole model against the 16-bit one
+    return not options.keep_sensitive and not model_level and not budget and not distill
 
 
 def estimate_memory(
@@ -46,7 +50,7 @@ def estimate_memory(
     """The peak memory this request will need (see :mod:`engine.budget`), from shapes alone."""
     fmt, meth, options = request.fmt, request.method, request.options
     calibrated = not fmt.is_float and (
-        request.calibration is not None or meth.needs_calibration or options.keep_sensitive > 0
+        request.calibration is not None or meth.needs_calibration or options.needs_calibration
     )
     calib = (request.calibration or CalibrationSpec()) if calibrated else None
     if lazy is not None:
@@ -56,10 +60,15 @@ def estimate_memory(
         skeleton, stored = loaded.model, 4
     else:
         skeleton, stored = _skeleton(loaded.folder), 4
-    return budget.estimate(
+    est = budget.estimate(
         skeleton, stored, calib, streaming=lazy is not None, gptq=meth.name == "gptq",
         batch_size=options.batch_size, sample_tokens=options.sample_tokens,
     )  # fmt: skip
+    if options.distill is not None and calib is not None:
+        est = dataclasses.replace(
+            est, training=distill.memory_bytes(skeleton, options.distill, calib.seq_len)
+        )
+    return est
 
 
 def _skeleton(folder: Path) -> nn.Module:
@@ -113,7 +122,7 @@ def _quantize_and_save(
     calib = None
     lazy = loaded.lazy() if streamable(request) else None
     if not fmt.is_float and (
-        request.calibration is not None or meth.needs_calibration or options.keep_sensitive
+        request.calibration is not None or meth.needs_calibration or options.needs_calibration
     ):
         spec = request.calibration or CalibrationSpec()
         limits.check_seq_len(spec.seq_len, _config(loaded, lazy))
@@ -142,6 +151,12 @@ def _quantize_and_save(
             calibration=calib,
             device=request.device,
         )
+    if report is not None and options.distill is not None and calib is not None:
+        teacher = loaded.model_in(torch.float32)
+        report.distill = distill.distill(
+            model, teacher, calib, options.distill, progress, cancel, device=request.device
+        ).describe()
+        del teacher
     if cancel is not None and cancel.is_set():
         raise Cancelled("quantization cancelled; nothing was saved")
     info = {

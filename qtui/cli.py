@@ -49,8 +49,8 @@ def cmd_models(args) -> int:
 def quantize_request(args):
     """The one typed request for ``qtui quantize``, built from the flags and checked before any load."""
     from engine import specs, typed
+    from engine.quant import allocation
     from engine.quant.calibration import CalibrationSpec
-    from engine.quant.formats import get_format
     from engine.quant.pipeline import QuantOptions
     from engine.request import QuantRequest
 
@@ -66,6 +66,7 @@ def quantize_request(args):
         )
     if args.keep_sensitive < 0:
         raise QtuiError(f"--keep-sensitive must be 0 or more, got {args.keep_sensitive}")
+    budget = None if args.bits_per_weight is None else allocation.parse_budget(args.bits_per_weight)
     options = QuantOptions(
         args.quantize_embeddings,
         args.quantize_head,
@@ -73,10 +74,14 @@ def quantize_request(args):
         sensitive_bits=args.sensitive_bits,
         rotate=args.rotate,
         rotate_seed=args.rotate_seed,
+        bits_per_weight=budget,
+        distill=distill_config(args),
     )
+    if args.format.strip().lower() == allocation.MIXED and args.bits_per_weight is None:
+        raise QtuiError("--format mixed chooses a format per Linear: give --bits-per-weight (e.g. 2.5)")
     return QuantRequest.build(
         args.model,
-        get_format(args.format, args.group_size, args.sym),
+        allocation.floor_format(args.format, args.group_size, args.sym),
         args.method,
         typed.parse_assignments(args.method_param, "method parameter"),
         calib,
@@ -88,6 +93,22 @@ def quantize_request(args):
     )
 
 
+def distill_config(args):
+    """``--distill STEPS --adapter-rank R --distill-param K=V`` as the typed config (None: no --distill)."""
+    from engine import typed
+    from engine.quant.distill import DistillConfig
+
+    if args.distill is None:
+        if args.adapter_rank or args.distill_param:
+            raise QtuiError("--adapter-rank and --distill-param need --distill STEPS")
+        return None
+    values = typed.parse_assignments(args.distill_param, "distillation parameter")
+    if "steps" in values or "adapter_rank" in values:
+        raise QtuiError("give the steps with --distill STEPS and the adapter rank with --adapter-rank R")
+    values.update(steps=str(args.distill), adapter_rank=str(args.adapter_rank))
+    return typed.build(DistillConfig, values, "distillation")
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far (the kernel's count, ru_maxrss is in KiB)."""
     import resource
@@ -97,6 +118,7 @@ def peak_rss_bytes() -> int:
 
 def cmd_quantize(args) -> int:
     from engine import budget, sources, store, typed, variants
+    from engine.quant import allocation
 
     request = quantize_request(args)
     if (request.dest / store.MANIFEST).exists() and not args.force:
@@ -123,6 +145,8 @@ def cmd_quantize(args) -> int:
         f"in quantized tensors, {time.monotonic() - t0:.1f} s on {request.device}"
     )
     print(f"  peak RSS {_human(peak_rss_bytes())} (estimated {_human(est.total)})")
+    if report and report.allocation:  # a bit budget: what it chose
+        print(f"  {allocation.summary(report.allocation)}")
     if report and report.layers:
         worst = max(report.layers, key=lambda r: r.weight_rel_error)
         print(
@@ -328,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         "-f",
         required=True,
-        help="bf16 f16 int8 int4 int3 int2 q1_0_g128 w8a8 int4fz int2fz (or int4-g128...)",
+        help="bf16 f16 int8 int4 int3 int2 q1_0_g128 w8a8 int4fz int2fz (or int4-g128...); "
+        "with --bits-per-weight: the narrowest format allowed, or mixed",
     )
     q.add_argument("--group-size", "-g", type=int, default=None, help="32, 64, 128 or 256 (int4/int2)")
     sym = q.add_mutually_exclusive_group()
@@ -367,6 +392,35 @@ def build_parser() -> argparse.ArgumentParser:
         "processing; any method): hadamard (random-signed) or random orthogonal; see docs/methods.md",
     )
     q.add_argument("--rotate-seed", type=int, default=0, metavar="N", help="seed of the rotation (default 0)")
+    q.add_argument(
+        "--bits-per-weight",
+        metavar="B",
+        help="a bit budget: a format per Linear (1 to 16 bits) for the least output error at B bits/weight "
+        "on average (2.5, or a recipe: mixed-2.5 mixed-3.5 mixed-4.5); --format is the narrowest "
+        "allowed (--format mixed: any); see docs/methods.md",
+    )
+    q.add_argument(
+        "--distill",
+        type=int,
+        metavar="STEPS",
+        help="after the method, train the group scales (and float zeros) for STEPS batches against the "
+        "16-bit model's logits on the calibration text (KL; a held-out part scores it and stops it "
+        "early); give more text with --calib FILE --samples N; see docs/methods.md",
+    )
+    q.add_argument(
+        "--adapter-rank",
+        type=int,
+        default=0,
+        metavar="R",
+        help="with --distill: also train a rank-R adapter beside each Linear (saved with the variant)",
+    )
+    q.add_argument(
+        "--distill-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="distillation parameter, repeatable: lr batch heldout eval_every patience seed",
+    )
     q.add_argument("--device", default="cpu", help="where to quantize: cpu (default), cuda, cuda:N or auto")
     q.add_argument(
         "--max-memory",

@@ -14,6 +14,7 @@ from typing import Literal
 
 from engine import typed
 from engine.progress import Progress, ProgressClock
+from engine.quant import distill
 from engine.request import QuantRequest
 from engine.telemetry import RingBuffer, rss_bytes
 
@@ -37,6 +38,7 @@ class QuantJob:
     then_load: bool = False  # load into chat when done (start-up formats)
     cancel: threading.Event = field(default_factory=threading.Event)
     clock: ProgressClock = field(default_factory=ProgressClock, repr=False)
+    losses: RingBuffer = field(default_factory=lambda: RingBuffer(400), repr=False)  # distillation
 
     @property
     def source(self) -> str:
@@ -82,6 +84,9 @@ class QuantJob:
 
     def progress(self, done: int, total: int, text: str) -> None:
         self.progress_now = self.clock(done, total, text)
+        loss = distill.loss_of(text)
+        if loss is not None:  # a distillation step: its loss, for the queue row's curve
+            self.losses.append(loss)
         self.peak_rss = max(self.peak_rss, rss_bytes())
 
 

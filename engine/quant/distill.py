@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import typed
 from engine.errors import Cancelled, QtuiError
 from engine.progress import ProgressFn
 from engine.quant.calibration import Calibration
@@ -62,14 +63,16 @@ class DistillError(QtuiError):
 
 @dataclass(frozen=True)
 class DistillConfig:
-    steps: int = option(200, "training steps (batches)", min=1, max=100_000)
+    steps: int = option(50, "training steps (batches)", min=1, max=100_000)
     adapter_rank: int = option(0, "rank of a low-rank adapter beside each Linear (0: none)", min=0, max=512)
     lr: float = option(
-        2e-3, "Adam learning rate (relative scale change per step; adapters)", min=1e-7, max=1.0
+        3e-3, "Adam learning rate (relative scale change per step; adapters)", min=1e-7, max=1.0
     )
-    batch: int = option(4, "calibration windows per step", min=1, max=256)
-    heldout: int = option(4, "distinct calibration windows held out for early stop (at most half)", min=1, max=64)
-    eval_every: int = option(25, "steps between held-out scores", min=1, max=100_000)
+    batch: int = option(2, "calibration windows per step", min=1, max=256)
+    heldout: int = option(
+        4, "distinct calibration windows held out for early stop (at most half)", min=1, max=64
+    )
+    eval_every: int = option(10, "steps between held-out scores", min=1, max=100_000)
     patience: int = option(4, "held-out scores without improvement before stopping", min=1, max=1000)
     seed: int = option(0, "order of the training windows and the adapters' start", min=0, max=2**31 - 1)
 
@@ -124,6 +127,18 @@ class DistillReport:
         }
 
 
+def summary(info: object) -> str:
+    """A manifest's ``distill`` entry in one line (empty when the variant was not distilled)."""
+    if not isinstance(info, dict):
+        return ""
+    adapter = f", adapters r{info['adapter_rank']}" if info.get("adapter_rank") else ""
+    return (
+        f"held-out KL {info.get('heldout_kld_before')} -> {info.get('heldout_kld_best')} "
+        f"(best step {info.get('best_step')} of {info.get('steps_run')}{adapter}; "
+        f"{info.get('train_tokens')} training tokens, {info.get('tokens_seen')} seen; {info.get('stop')})"
+    )
+
+
 def _round(x: float) -> float | None:
     return round(x, 5) if math.isfinite(x) else None
 
@@ -134,6 +149,25 @@ def _thin(xs: list[float], n: int) -> list[float]:
         return list(xs)
     per = math.ceil(len(xs) / n)
     return [sum(xs[i : i + per]) / len(xs[i : i + per]) for i in range(0, len(xs), per)]
+
+
+def parse(text: str) -> DistillConfig | None:
+    """What a user typed for distillation in the app: ``""`` (none), ``"60"`` (steps), ``"60 r8"``
+    (steps and an adapter of rank 8), plus any ``KEY=VALUE`` of :class:`DistillConfig`."""
+    words = text.split()
+    if not words:
+        return None
+    values: dict[str, object] = {}
+    rest: list[str] = []
+    for word in words:
+        if word.isdigit():
+            values["steps"] = word
+        elif re.fullmatch(r"r\d+", word):
+            values["adapter_rank"] = word[1:]
+        else:
+            rest.append(word)
+    values.update(typed.parse_assignments(rest, "distillation parameter"))
+    return typed.build(DistillConfig, values, "distillation")
 
 
 def split_windows(calibration: Calibration, heldout: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,6 +187,23 @@ def split_windows(calibration: Calibration, heldout: int) -> tuple[torch.Tensor,
         )
     flat = ids.flatten()[: windows * seq_len].reshape(windows, seq_len)
     return flat[: windows - held].clone(), flat[windows - held :].clone()
+
+
+def memory_bytes(model: nn.Module, config: DistillConfig, seq_len: int) -> int:
+    """What distillation adds to a quantization's peak, from shapes alone: the teacher in float32,
+    the student's decoded weights and saved activations for one batch, the logits (and their
+    gradients) for one batch, the held-out targets, Adam's two moments of the trained values."""
+    cfg = getattr(model, "config", None)
+    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+    inter = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
+    params = sum(p.numel() for p in model.parameters())
+    tokens = config.batch * seq_len
+    saved = tokens * layers * (10 * hidden + 4 * inter) * 4  # what backward needs, per block
+    logits = 4 * tokens * vocab * 4 + config.heldout * seq_len * vocab * 4
+    trained = params // 32 * 3 * 4 + config.adapter_rank * (hidden + inter) * 7 * layers * 3 * 4
+    return params * 4 * 2 + saved + logits + trained  # teacher + decoded student weights
 
 
 # ------------------------------------------------------------------------------ trainable layer

@@ -14,6 +14,7 @@ from torch import nn
 
 from engine.errors import QtuiError
 from engine.quant.arch import decoder_blocks
+from engine.quant.distill import DistillConfig
 from engine.quant.formats import FormatSpec
 from engine.quant.layers import QEmbedding, QLinear
 from engine.quant.methods import MethodConfig, MethodSpec
@@ -34,6 +35,13 @@ class QuantOptions:
     sample_tokens: int = 512  # calibration tokens kept per Linear input for output errors / AWQ
     rotate: RotationKind = "none"  # incoherence processing (quant/rotation.py)
     rotate_seed: int = 0
+    distill: DistillConfig | None = None  # train scales/adapters against the 16-bit model (quant/distill.py)
+    bits_per_weight: float | None = None  # a bit budget: a format per block Linear (quant/allocation.py)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether these options need calibration data whatever the method (mixed precision)."""
+        return bool(self.keep_sensitive) or self.bits_per_weight is not None or self.distill is not None
 
 
 @dataclass
@@ -59,6 +67,8 @@ class QuantReport:
     calibration: dict[str, object] | None = None  # Calibration.describe() when calibrated
     kept: list[str] = field(default_factory=list)  # Linears kept at sensitive_bits (mixed precision)
     block_info: list[dict[str, object]] = field(default_factory=list)  # what prepare_block chose, per block
+    distill: dict[str, object] | None = None  # DistillReport.describe() when distilled
+    allocation: dict[str, object] | None = None  # the bit budget's choice (Allocation.describe())
 
 
 def hf_model(model: nn.Module) -> PreTrainedModel:

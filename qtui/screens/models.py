@@ -93,6 +93,18 @@ class ModelsScreen(Screen):
                     allow_blank=False,
                     tooltip="rotate the residual stream first (QuaRot/SpinQuant): int2/int4 fit better; docs/methods.md",
                 )
+                yield Input(
+                    placeholder="bit budget: bits/weight, e.g. 2.5 (empty: none)",
+                    id="bits-per-weight",
+                    tooltip="a format per Linear for the least output error at this average (the selected "
+                    "format is the narrowest allowed; q1_0_g128: any); docs/methods.md",
+                )
+                yield Input(
+                    placeholder="distill: steps [rRANK], e.g. 60 or 60 r8 (empty: none)",
+                    id="distill",
+                    tooltip="after the method, train the scales (and a rank-R adapter) against the 16-bit "
+                    "model on the calibration text; more key=value: lr batch heldout eval_every patience seed",
+                )
                 yield Input(placeholder="method params: key=value ...", id="method-params")
                 yield Static("", id="method-note", classes="note")
                 yield Input(placeholder="calibration: builtin:16x256 or FILE[:NxLEN]", id="calibration")
@@ -242,13 +254,16 @@ class ModelsScreen(Screen):
         params = self.query_one("#method-params", Input).value.strip()
         calibration = self.query_one("#calibration", Input).value.strip()
         rotate = str(self.query_one("#rotate", Select).value)
+        bits = self.query_one("#bits-per-weight", Input).value.strip()
+        distill = self.query_one("#distill", Input).value.strip()
         service = self.app.service
         requests = []
         try:  # bad input is a message here, not a failed job later: one typed request per format
             for fmt in chosen:
                 if fmt not in ("bf16", "f16"):
                     requests.append(service.quantize_request(
-                        settings.model, fmt, settings.method, params, calibration, settings.device, rotate
+                        settings.model, fmt, settings.method, params, calibration, settings.device, rotate,
+                        bits, distill,
                     ))  # fmt: skip
         except Exception as exc:
             self.app.notify(str(exc), title="Quantize", severity="error")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Label, ProgressBar, Static
+from textual.widgets import Label, ProgressBar, Sparkline, Static
 
 from engine.units import human_bytes
 from qtui.state import QuantJob
@@ -29,6 +29,7 @@ class QuantRow(Horizontal, can_focus=True):
         # never indeterminate (an animated pulse): a job without a count yet shows an empty bar
         bar.update(total=job.total or 1, progress=job.done if job.total else 0)
 
+        self._loss_curve()
         info = self.query_one(".job-info", Static)
         self.set_class(job.status == "failed", "failed")
         self.set_class(job.status == "done", "done")
@@ -47,6 +48,19 @@ class QuantRow(Horizontal, can_focus=True):
             info.update(f"failed: {job.error}")
         else:
             info.update("cancelled (nothing saved)")
+
+    def _loss_curve(self) -> None:
+        """A distillation's training loss, step by step (the last 400), as a sparkline in the row."""
+        losses = [v for _, v in self.job.losses.snapshot()]
+        if not losses:
+            return
+        curves = self.query(Sparkline)
+        if not curves:
+            self.mount(
+                Sparkline(losses, summary_function=max, classes="job-loss"), after=self.query_one(ProgressBar)
+            )
+            return
+        curves.first().data = losses
 
 
 KEEP_FINISHED = 20  # rows of finished jobs kept (the newest): a long session's list stays bounded
