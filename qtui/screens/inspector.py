@@ -340,7 +340,7 @@ class InspectScreen(Screen):
             return "-"
         if self.metric == "sqnr":
             return f"{v:.1f}"
-        if self.metric in ("clipped", "collapsed"):
+        if self.metric in ("clipped", "collapsed", "bits"):
             return f"{v:.2f}"
         return f"{v:.4f}"
 
