@@ -319,6 +319,39 @@ async def test_models_screen_bit_budget_reaches_the_request(fake, settings):
         assert job.request.dest.name.endswith("-bpw9")
 
 
+async def test_models_screen_distill_reaches_the_request(fake, settings):
+    """What is typed in the Models screen's distill field is the request's DistillConfig (and its
+    variant name); an unknown distillation parameter is a notification, not a job."""
+    from textual.widgets import Input
+
+    from engine.quant.distill import DistillConfig
+
+    app = QtuiApp(service=fake, settings=settings, autoload=False, sample_resources=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: formats_ready(app))
+        app.screen.query_one("#distill", Input).value = "5 speed=2"
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: any("unknown parameter 'speed'" in n.message for n in app._notifications))
+        assert not app.jobs
+        app.screen.query_one("#distill", Input).value = "5 r2 lr=0.01"
+        await pilot.press("ctrl+k")
+        await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
+        job = next(iter(app.jobs.values()))
+        assert job.request.options.distill == DistillConfig(steps=5, adapter_rank=2, lr=0.01)
+        assert job.request.dest.name.endswith("-distill5r2")
+
+
+def test_a_distillation_progress_line_feeds_the_jobs_loss_curve():
+    from engine.request import QuantRequest
+    from qtui.state import QuantJob
+
+    job = QuantJob(QuantRequest.build("default", "int2-g64"))
+    job.progress(1, 10, "distill: held-out KL 3.1 before training")
+    job.progress(1, 10, "distill: step 1/10, KL 2.5000, held-out 3.1000")
+    job.progress(2, 10, "distill: step 2/10, KL 2.2500, held-out 3.1000")
+    assert [v for _, v in job.losses.snapshot()] == [2.5, 2.25]
+
+
 def test_settings_file_holds_parsed_values(tmp_path, monkeypatch):
     """settings.json keeps parsed data; older text values are converted, bad ones reset."""
     import json
