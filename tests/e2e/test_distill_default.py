@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from engine import paths
 from engine.evals.data import SHARED_SAMPLES
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,7 @@ def test_a_short_distillation_saves_loads_and_chats(real_cache, tmp_path):
         env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / paths.MANIFEST).read_text())
     info = manifest["distill"]
     assert info["steps_run"] == 4 and info["adapter_rank"] == 4
     assert info["heldout_kld_best"] < info["heldout_kld_before"]
