@@ -182,6 +182,17 @@ class FormatSpec:
         self, groups: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         qmax = self.levels - 1
+        if self.grid == "affine" and self.zero_dtype == "float16":
+            # a float zero (int4fz/int2fz): the group's own min and max, the zero not rounded, as
+            # llama.cpp's Q4_1 does (w = d*q + m with d = (max-min)/qmax, m = min; here m = -zero*d);
+            # the zero is chosen against the stored f16 scale and stored in f16 itself
+            lo, hi = P.masked_minmax(groups, mask)
+            # a near-constant group: a step of at least |w|/2**15 keeps the zero inside f16's range
+            scales = torch.maximum((hi - lo) / qmax, torch.maximum(lo.abs(), hi.abs()) / 32768).clamp(
+                min=1e-8
+            )
+            scales16 = self.stored_scales(scales)
+            return scales, (-lo / scales16).to(torch.float16).float()
         if self.grid == "affine":
             lo, hi = P.masked_minmax(groups, mask)
             lo, hi = lo.clamp(max=0), hi.clamp(min=0)  # keep 0 inside the range

