@@ -22,10 +22,17 @@ from engine.request import QuantRequest
 from engine.runtime import GenResult, GenSettings, Message, Token, Variant
 from engine.sources import LoadedSource, ModelSource
 from engine.specs import EvalMode
+from qtui.cli_export import TARGETS as EXPORT_TARGETS
 
 if TYPE_CHECKING:
     from engine.columns import Column
     from engine.quant import rotation
+
+# where a saved variant can be exported (the targets of ``qtui export --to``), as the app names them
+EXPORT_LABELS = {
+    "gguf": "GGUF (llama.cpp, ollama)",
+    "compressed-tensors": "compressed-tensors (vLLM)",
+}
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,9 @@ class Service(Protocol):
     def inspect_linear(
         self, path: str, name: str, progress: ProgressFn, cancel: threading.Event
     ) -> LinearView: ...
-    def export_gguf(self, path: str, progress: ProgressFn, cancel: threading.Event) -> str: ...
+    def export_variant(
+        self, path: str, target: str, progress: ProgressFn, cancel: threading.Event
+    ) -> str: ...
 
 
 class EngineService:
@@ -319,9 +328,20 @@ class EngineService:
         subject = api.subject_from_variant(_variant(loaded), base)
         return api.run(subject, task, mode, limit, progress=progress, cancel=cancel)
 
-    def export_gguf(self, path: str, progress: ProgressFn, cancel: threading.Event) -> str:
-        """Export the saved variant at ``path`` to GGUF (engine.gguf_export); one line saying where,
-        its type and the read-back check."""
+    def export_variant(self, path: str, target: str, progress: ProgressFn, cancel: threading.Event) -> str:
+        """Export the saved variant at ``path`` to ``target`` (one of :data:`EXPORT_TARGETS`: GGUF by
+        engine.gguf_export, compressed-tensors by engine.hf_export); one line saying where, what and
+        the read-back check."""
+        if target == "compressed-tensors":
+            from engine import hf_export
+
+            ct = hf_export.export_compressed_tensors(Path(path), None, progress, cancel)
+            return (
+                f"{ct.path} (compressed-tensors, {ct.bytes / 2**20:.1f} MiB): {len(ct.checks)} quantized "
+                f"Linears, max |dW| {ct.max_abs_dw:.3g}; loads with transformers and vLLM"
+            )
+        if target != "gguf":
+            raise ValueError(f"unknown export target {target!r}; one of {', '.join(EXPORT_TARGETS)}")
         from engine import gguf_export
 
         r = gguf_export.export_gguf(Path(path), None, progress, cancel)

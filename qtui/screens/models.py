@@ -21,6 +21,7 @@ from textual.widgets import (
 from textual.widgets.option_list import Option
 
 from engine import typed
+from qtui.services import EXPORT_LABELS, EXPORT_TARGETS
 from qtui.widgets.chat_column import human_bytes
 from qtui.widgets.footer import Footer
 
@@ -74,10 +75,17 @@ class ModelsScreen(Screen):
                     "variant exported to GGUF (once, cached)",
                 )
                 yield Button("Load into chat (ctrl+o)", id="load", variant="primary")
+                yield Select(
+                    [(EXPORT_LABELS[t], t) for t in EXPORT_TARGETS],
+                    id="export-to",
+                    allow_blank=False,
+                    tooltip="Export to: GGUF, the variant's own codes in ggml blocks (int2/1-bit included); "
+                    "compressed-tensors: int4/int8 in pack-quantized layout (qtui export --to ...)",
+                )
                 yield Button(
-                    "Export GGUF",
-                    id="export-gguf",
-                    tooltip="Write the highlighted variant as a GGUF file (llama.cpp, LM Studio, ollama)",
+                    "Export",
+                    id="export",
+                    tooltip="Write the highlighted variant in the chosen format, checked tensor by tensor",
                 )
             with Vertical(id="formats-pane", classes="pane"):
                 yield Label("Formats", classes="pane-title")
@@ -290,27 +298,31 @@ class ModelsScreen(Screen):
         self.app.load_variant(f"{key}@llama.cpp" if engine == "llama.cpp" else key)
         self.app.switch_to("chat")
 
-    @on(Button.Pressed, "#export-gguf")
+    @on(Button.Pressed, "#export")
     def _export_pressed(self) -> None:
         table = self.query_one("#variants", DataTable)
         if table.row_count == 0:
             self.app.notify("No saved variant to export; quantize one first", severity="warning")
             return
-        self.export_gguf(str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
+        target = str(self.query_one("#export-to", Select).value)
+        self.export_variant(str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value), target)
 
     @work(thread=True, exclusive=True, group="models-export", exit_on_error=False)
-    def export_gguf(self, path: str) -> None:
+    def export_variant(self, path: str, target: str) -> None:
         import threading
 
         from engine.variants import describe_error
 
-        self.app.call_from_thread(self.app.notify, f"exporting {path} to GGUF...", title="Export")
+        label = EXPORT_LABELS[target].split(" (")[0]
+        self.app.call_from_thread(self.app.notify, f"exporting {path} to {label}...", title="Export")
         try:
-            line = self.service.export_gguf(path, lambda done, total, text: None, threading.Event())
+            line = self.service.export_variant(
+                path, target, lambda done, total, text: None, threading.Event()
+            )
         except Exception as exc:  # a one-line reason, never a crash
             self.app.call_from_thread(self.app.notify, describe_error(exc), title="Export", severity="error")
             return
-        self.app.call_from_thread(self.app.notify, line, title="Exported GGUF", timeout=15)
+        self.app.call_from_thread(self.app.notify, line, title=f"Exported {label}", timeout=15)
 
     @on(Input.Submitted, "#remote-input")
     def _remote_typed(self, event: Input.Submitted) -> None:

@@ -55,7 +55,7 @@ class FakeService:
         self.prompts: list[list[dict]] = []
         self.released = 0
         self.quantize_calls: list[tuple] = []
-        self.exported: list[str] = []  # export_gguf calls (variant paths)
+        self.exported: list[tuple[str, str]] = []  # export_variant calls (variant path, target)
 
         self.fail_tasks: tuple[str, ...] = ()
 
@@ -184,9 +184,11 @@ class FakeService:
     def release_sources(self):
         self.released += 1
 
-    def export_gguf(self, path, progress, cancel):
-        self.exported.append(path)
+    def export_variant(self, path, target, progress, cancel):
+        self.exported.append((path, target))
         progress(1, 1, "exported")
+        if target == "compressed-tensors":
+            return f"{Path(path).name}-compressed-tensors (compressed-tensors, 1.0 MiB): 3 quantized Linears, max |dW| 0"
         return f"{Path(path).name}.gguf (Q4_1, 1.0 MiB): 3/3 tensors exact, max |dW| 0"
 
     def eval_tasks(self):

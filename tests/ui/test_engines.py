@@ -89,10 +89,19 @@ async def test_a_failed_engine_shows_its_error_in_its_column_only(fake, settings
         assert "departs" not in statuses[2] and "= baseline" not in statuses[2]  # no token ids to compare
 
 
-async def test_export_gguf_from_the_models_screen(fake, settings):
+async def test_export_from_the_models_screen_to_each_target(fake, settings):
+    from textual.widgets import Select
+
     app = QtuiApp(service=fake, settings=settings, autoload=False)
     async with app.run_test(size=SIZE) as pilot:
         await _one_saved_variant(app, pilot)
-        await pilot.click("#export-gguf")
+        await pilot.click("#export")
         await until(pilot, lambda: any("tensors exact" in n.message for n in app._notifications))
-        assert fake.exported == [str(fake.root / "variants" / "int4-g64-rtn")]
+        app.screen.query_one("#export-to", Select).value = "compressed-tensors"
+        await pilot.pause()
+        await pilot.click("#export")
+        await until(pilot, lambda: any("quantized Linears" in n.message for n in app._notifications))
+        path = str(fake.root / "variants" / "int4-g64-rtn")
+        assert fake.exported == [(path, "gguf"), (path, "compressed-tensors")]
+        titles = {n.title for n in app._notifications}
+        assert {"Exported GGUF", "Exported compressed-tensors"} <= titles

@@ -257,3 +257,20 @@ def test_mixed_precision_gets_a_config_group_per_format(loaded_source, tmp_path)
     for check in result.checks:
         mine = store.quantized_weight(files, check.name, get_format(check.format), check.shape)
         assert torch.equal(hf.get_submodule(check.name).weight.float(), mine.dequantize(torch.float32))
+
+
+@pytest.mark.parametrize("target", ["gguf", "compressed-tensors"])
+def test_the_apps_export_service_writes_each_target(loaded_source, tmp_path, target):
+    """The Models screen's Export button calls this (the Pilot test drives it with a fake engine)."""
+    import threading
+
+    from engine import paths
+    from qtui.services import EngineService
+
+    folder = _variant(loaded_source, tmp_path, "int4-g32")
+    line = EngineService.export_variant(
+        EngineService.__new__(EngineService), str(folder), target, lambda *a: None, threading.Event()
+    )
+    written = Path(line.split(" (")[0])
+    assert written.exists() and written.is_relative_to(paths.data_dir() / "exports")
+    assert ("tensors exact" if target == "gguf" else "quantized Linears, max |dW| 0") in line
