@@ -2,7 +2,7 @@
 and the llama.cpp column's KLD vs bf16 beside the torch column's.
 
     python bench/deploy.py [--tokens 128] [--threads 2] [--repeats 3] [--kld-tokens 256] [--top-k 100]
-                           [--skip-gptq] [--json OUT]
+                           [--skip-gptq] [--native] [--json OUT]
 
 1. Export fidelity: each variant (RTN int4-g64, GPTQ int4-g64, int8, int2-g64, q1_0_g128, int4fz-g32,
    int4-g32; quantized and saved first when missing) exported to GGUF (engine.gguf_export, cached),
@@ -11,7 +11,8 @@ and the llama.cpp column's KLD vs bf16 beside the torch column's.
 2. Decode tok/s, same prompt ids, same threads, ``--tokens`` tokens (EOS ignored), median of
    ``--repeats`` after a warm-up: torch bf16 and int4-g64 (qtui's CPU loop, as ``qtui bench``), and
    llama.cpp (xllamacpp, in-process) on the exported int4-g64 (Q4_1), int8 (Q8_0), 1-bit (Q4_0) and on
-   the original Q4_1 file.
+   the original Q4_1 file; with ``--native`` also llama.cpp built for this CPU (llama-cpp-python,
+   ``GGML_NATIVE=ON``, built once) on the exported int4-g64 and the original file: the ceiling.
 3. KLD vs bf16 over ``--kld-tokens`` positions of WikiText-2 (../shared/datasets): llama.cpp gives only
    its top-K log-probabilities per position (one request per position, the prefix cached), so both
    columns are scored the same way: KL(bf16 || variant) over the partition {the variant's top-K tokens,
@@ -107,12 +108,27 @@ class LlamaTimer:
         return content[0] - t0, (n_tok - 1) / (content[-1] - content[0])
 
 
+class NativeTimer:
+    """The same GGUF in llama.cpp built natively (llama-cpp-python with ``GGML_NATIVE=ON``, built once
+    into engine.benchmark.LLAMA_VENV): the ceiling for this CPU. One subprocess per timed run (its
+    own warm-up first), so the runs interleave with the other rows like theirs."""
+
+    def __init__(self, gguf: Path, threads: int, python: Path) -> None:
+        self.gguf, self.threads, self.python = gguf, threads, python
+        self.version = ""
+
+    def __call__(self, prompt: list[int], n: int) -> tuple[float, float]:
+        row = benchmark.llama_cpp_row(self.python, self.gguf, prompt, n, self.threads, 1)
+        self.version = row.backend
+        return row.ttft_s, row.decode_tps
+
+
 def decode_rows(engines: dict[str, tuple[object, int, str]], prompt, tokens: int, repeats: int) -> list[dict]:
     """Every engine warmed up, then timed in turn ``repeats`` times (interleaved: a load change on a
     shared machine hits every row alike); medians."""
 
     def timed(engine, n):
-        if isinstance(engine, LlamaTimer):
+        if isinstance(engine, (LlamaTimer, NativeTimer)):
             return engine(prompt[0].tolist(), n)
         return benchmark.time_decode(engine, prompt, n)
 
@@ -194,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kld-tokens", type=int, default=256)
     p.add_argument("--top-k", type=int, default=100)
     p.add_argument("--skip-gptq", action="store_true")
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="add natively built llama.cpp rows (llama-cpp-python, GGML_NATIVE; ~8 min to build once)",
+    )
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -233,6 +254,17 @@ def main(argv: list[str] | None = None) -> int:
             timer.info.tensor_bytes,
             f"xllamacpp {llamacpp.version()}",
         )
+    if a.native:
+        python = benchmark.llama_python(benchmark.LLAMA_VENV)
+        for label, gguf in (files[0], files[-1]):
+            native = NativeTimer(gguf, a.threads, python)
+            info = llamacpp.GGUFInfo.read(gguf)
+            name = label.replace("llama.cpp", "llama.cpp native")
+            engines[f"{name} ({info.file_type})"] = (
+                native,
+                info.tensor_bytes,
+                "llama-cpp-python GGML_NATIVE",
+            )
     report["decode"] = decode_rows(engines, prompt, a.tokens, a.repeats)
     report["load_average_after_decode"] = os.getloadavg()
     del engines

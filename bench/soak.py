@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import os
 import statistics
@@ -64,9 +65,12 @@ class StallSampler(threading.Thread):
         while not self.stop.wait(self.period):
             frame = sys._current_frames().get(self.target)
             stack = []
-            while frame is not None and len(stack) < 60:
-                stack.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
-                frame = frame.f_back
+            try:  # another thread's frames change under us: a torn read is dropped, not fatal
+                while frame is not None and len(stack) < 60:
+                    stack.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+                    frame = frame.f_back
+            except (AttributeError, ValueError):
+                continue
             self.samples.append((time.perf_counter(), stack))
 
     def within(self, start: float, end: float) -> list[list[tuple[str, int, str]]]:
@@ -82,6 +86,19 @@ def _where(stack: list[tuple[str, int, str]], ours: bool) -> str:
             short = filename.split("site-packages/")[-1] if "site-packages/" in filename else filename
             return f"{short.replace(root + '/', '')}:{line} {name}"
     return "(none)"
+
+
+def _gc_figures(pauses: list[tuple[float, float, int]], stalls: int) -> dict:
+    """The garbage collector's pauses over the run (every collection is a pause of the UI thread)."""
+    figures: dict = {"stalls_with_a_collection_over_50ms": stalls}
+    for gen in (0, 1, 2):
+        d = [p[1] for p in pauses if p[2] == gen]
+        figures[f"gen{gen}"] = {
+            "collections": len(d),
+            "max_ms": round(max(d, default=0) * 1000, 1),
+            "over_50ms": sum(1 for x in d if x >= 0.05),
+        }
+    return figures
 
 
 def make_app(args):
@@ -120,6 +137,17 @@ async def soak(args) -> dict:
     stall_ours: collections.Counter[str] = collections.Counter()  # samples inside stalls, by frame
     stall_any: collections.Counter[str] = collections.Counter()
     rss: list[tuple[float, int]] = []
+    gc_pauses: list[tuple[float, float, int]] = []  # (start, seconds, generation) of every collection
+    gc_started = [0.0]
+
+    def gc_watch(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append((gc_started[0], time.perf_counter() - gc_started[0], int(info["generation"])))
+
+    gc.callbacks.append(gc_watch)
+    gc_stalls = [0]  # stalls with a collection of >= 50 ms inside them
     counts = {"prompts": 0, "tokens": 0, "quantized": 0, "evaluations": 0, "switches": 0}
     async with app.run_test(size=(200, 50)) as pilot:
         for _ in range(6000):  # the baseline and three variants loaded (quantized first if needed)
@@ -150,6 +178,8 @@ async def soak(args) -> dict:
                 lags.append(end - t - 0.01)
                 if lags[-1] > 0.1 and touring[0]:
                     tour_stalls.append(lags[-1])
+                if lags[-1] > 0.1 and any(t <= g < end and d >= 0.05 for g, d, _ in gc_pauses[-20:]):
+                    gc_stalls[0] += 1
                 if lags[-1] > 0.1 and sampler is not None:
                     for stack in sampler.within(t, end):
                         stall_ours[_where(stack, True)] += 1
@@ -238,6 +268,7 @@ async def soak(args) -> dict:
             "samples": len(rss),
         },
         "work": counts | {"quantize_jobs_done": done_jobs},
+        "gc": _gc_figures(gc_pauses, gc_stalls[0]),
         "stall_samples": {
             "ours": stall_ours.most_common(15),
             "any": stall_any.most_common(15),
@@ -289,6 +320,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"UI-thread samples inside stalls (5 ms each), innermost frame ({kind}):")
             for where, n in r["stall_samples"][kind]:
                 print(f"  {n:5d}  {where}")
+    g = r["gc"]
+    print(
+        "garbage collector: "
+        + "; ".join(
+            f"gen{i} {g[f'gen{i}']['collections']} runs, max {g[f'gen{i}']['max_ms']} ms" for i in range(3)
+        )
+        + f"; stalls with a collection of >= 50 ms inside: {g['stalls_with_a_collection_over_50ms']}"
+    )
     print(f"errors: {len(r['errors'])}" + "".join(f"\n  {e}" for e in r["errors"]))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -23,6 +24,29 @@ def cuda_allocated_bytes() -> int:
         return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else 0
     except Exception:
         return 0
+
+
+class Ticker:
+    """Calls ``fn`` every ``interval`` seconds in a daemon thread until :meth:`stop` (e.g. the app's
+    resource sampler: psutil's read of /proc stays off the UI thread)."""
+
+    def __init__(self, interval: float, fn: Callable[[], object], name: str = "qtui-ticker") -> None:
+        self.interval, self.fn = interval, fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.fn()
+
+    def start(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
 
 class PeakSampler:

@@ -20,7 +20,7 @@ from textual.command import Hit, Hits, Provider
 
 from engine import paths
 from engine.runtime import GenResult, GenSettings
-from engine.telemetry import cuda_allocated_bytes, rss_bytes
+from engine.telemetry import Ticker, cuda_allocated_bytes, rss_bytes
 from qtui.config import Settings
 from qtui.heap import Freezer
 from qtui.screens.registry import SCREENS
@@ -105,6 +105,7 @@ class QtuiApp(App):
         self.eval_results: list = []  # engine.evals TaskResults of this session, newest last
 
         self.sampling = sample_resources  # off in snapshot tests (RSS is not deterministic)
+        self._sampler: Ticker | None = None
 
     # -------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
@@ -113,10 +114,14 @@ class QtuiApp(App):
         for entry in SCREENS:
             self.install_screen(entry.screen(), name=entry.name)
         self.push_screen("chat" if self.autoload else "models")
-        if self.sampling:
-            self.set_interval(1.0, self.sample_resources)
+        if self.sampling:  # in a thread: a read of /proc showed in the soak's UI stalls (issue 13)
+            self._sampler = Ticker(1.0, self.sample_resources, "qtui-resources").start()
         if self.autoload:
             self.bootstrap()
+
+    def on_unmount(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
 
     def _settings_not_saved(self, message: str) -> None:
         self.notify(message, title="Settings", severity="warning", timeout=10)
@@ -127,6 +132,7 @@ class QtuiApp(App):
             self.settings.save()
 
     def sample_resources(self) -> None:
+        """Every second, in the sampler's thread (the ring buffers lock; charts read them later)."""
         self.metrics.rss.append(rss_bytes() / 1e6)
         cuda = cuda_allocated_bytes()
         if cuda:

@@ -109,7 +109,10 @@ class ChatScreen(DivergenceMixin, Screen):
 
     @property
     def columns(self) -> list[ChatColumn]:
-        return list(self.query(ChatColumn))
+        # the #columns box's own children: a streaming answer looks its column up on every flush,
+        # and a query over the whole screen's DOM showed in the soak's stalls (issue 13)
+        box = self.query_one("#columns", Horizontal)
+        return [c for c in box.children if isinstance(c, ChatColumn)]
 
     def column(self, key: str) -> ChatColumn | None:
         for col in self.columns:

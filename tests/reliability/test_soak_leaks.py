@@ -136,3 +136,23 @@ async def test_dashboard_charts_draw_off_the_event_loop_and_only_when_something_
         app.screen.redraw()
         await until(pilot, lambda: all(c.drawn for c in charts) and len(threads) > drawn, timeout=30)
         assert len(threads) == drawn + 1
+
+
+async def test_resources_are_sampled_off_the_ui_thread_and_the_sampler_stops(tmp_path, monkeypatch):
+    """psutil's read of /proc showed inside the soak's UI stalls: the app samples RSS in a thread."""
+    import threading
+
+    threads: list[str] = []
+    app = QtuiApp(service=FakeService(tmp_path), settings=Settings(formats=["int4-g64"]), autoload=False)
+    sample = app.sample_resources
+
+    def recorded() -> None:
+        threads.append(threading.current_thread().name)
+        sample()
+
+    monkeypatch.setattr(app, "sample_resources", recorded)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(app.metrics.rss) >= 2, timeout=10)
+        ui_thread = threading.current_thread().name
+    assert threads and set(threads) == {"qtui-resources"} != {ui_thread}
+    assert not any(t.name == "qtui-resources" for t in threading.enumerate())  # stopped with the app
