@@ -461,18 +461,11 @@ class _Planned:
 def _plan(
     manifest: Manifest, tensors: dict[str, torch.Tensor], layout: Layout, cancel: threading.Event | None
 ) -> Iterator[_Planned]:
-    transforms = [k for k in tensors if k.endswith(store.TRANSFORM_SUFFIX)]
-    if transforms:
-        raise ExportError(
-            f"cannot export to GGUF: {transforms[0]} is an input transform applied at run time; "
-            "llama.cpp has no place for it"
-        )
-    adapters = [k for k in tensors if k.endswith(store.ADAPTER_SUFFIXES)]
-    if adapters:
-        raise ExportError(
-            f"cannot export to GGUF: {adapters[0]} is a distilled low-rank adapter run beside the "
-            "quantized weight; llama.cpp has no place for it (distil without --adapter-rank to export)"
-        )
+    found = store.run_time_only(tensors)
+    if found is not None:
+        key, what = found
+        hint = " (distil without --adapter-rank to export)" if key.endswith(store.ADAPTER_SUFFIXES) else ""
+        raise ExportError(f"cannot export to GGUF: {key} is {what}; llama.cpp has no place for it{hint}")
     for key, desc in manifest.tensors.items():
         if cancel is not None and cancel.is_set():
             raise Cancelled("export cancelled; nothing was written")

@@ -53,7 +53,6 @@ from engine.errors import Cancelled
 from engine.gguf_export import ExportError, _write_error
 from engine.manifest import Manifest
 from engine.progress import ProgressFn, no_progress
-from engine.quant import rotation
 from engine.quant.formats import FormatSpec, QuantizedWeight, get_format
 
 TARGET = "compressed-tensors"
@@ -251,18 +250,13 @@ def plan(variant: Path, manifest: Manifest) -> _Plan:
             f"cannot export a rotated variant (rotate={options['rotate']}) to {TARGET}: its residual "
             "stream runs through a rotation that transformers' and vLLM's model code have no place for"
         )
-    transforms = [k for k in manifest.tensors if k.endswith(store.TRANSFORM_SUFFIX) or k == rotation.KEY]
-    if transforms:
+    found = store.run_time_only(manifest.tensors)
+    if found is not None:
+        key, what = found
+        hint = " (distil without --adapter-rank to export)" if key.endswith(store.ADAPTER_SUFFIXES) else ""
         raise ExportError(
-            f"cannot export to {TARGET}: {transforms[0]} is an input transform applied at run time; "
-            "transformers' and vLLM's model code have no place for it"
-        )
-    adapters = [k for k in manifest.tensors if k.endswith(store.ADAPTER_SUFFIXES)]
-    if adapters:
-        raise ExportError(
-            f"cannot export to {TARGET}: {adapters[0]} is a distilled low-rank adapter run beside the "
-            "quantized weight; transformers' and vLLM's quantized layers have no place for it "
-            "(distil without --adapter-rank to export)"
+            f"cannot export to {TARGET}: {key} is {what}; transformers' and vLLM's model code have no "
+            f"place for it{hint}"
         )
     floats = set(store.FLOAT_NAMES.values())
     quantized = {

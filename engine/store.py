@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -45,6 +45,20 @@ INDEX = "model.safetensors.index.json"
 MANIFEST_VERSION = 1
 TRANSFORM_SUFFIX = ".input_transform"  # a QLinear's input transform (float32)
 ADAPTER_SUFFIXES = (".adapter_a", ".adapter_b")  # a QLinear's distilled low-rank adapter (16-bit)
+
+
+def run_time_only(names: Iterable[str]) -> tuple[str, str] | None:
+    """The first tensor among ``names`` that only qtui's own layers apply at run time (an input
+    transform, the rotation, a distilled adapter) and what it is, or None: an exporter to another
+    engine's model code refuses such a variant, naming the tensor."""
+    for key in names:
+        if key.endswith(TRANSFORM_SUFFIX) or key == rotation.KEY:
+            return key, "an input transform applied at run time"
+        if key.endswith(ADAPTER_SUFFIXES):
+            return key, "a distilled low-rank adapter run beside the quantized weight"
+    return None
+
+
 FLOAT_NAMES = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
 

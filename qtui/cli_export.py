@@ -3,16 +3,21 @@ engine loads (llama.cpp; transformers and vLLM)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qtui.cli_common import EXIT_OK, ProgressLine
+
+if TYPE_CHECKING:
+    from engine.hf_export import HfExportResult
 
 TARGETS = ("gguf", "compressed-tensors")
 
 
-def cmd_export(args) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from engine import gguf_export
 
     if args.to == "compressed-tensors":
@@ -50,7 +55,7 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
-def _refuse_early(args) -> None:
+def _refuse_early(args: argparse.Namespace) -> None:
     """A ``MODEL:FORMAT`` whose format has no compressed-tensors mapping is refused before it is
     quantized (minutes), not after."""
     from engine import hf_export, specs
@@ -61,7 +66,7 @@ def _refuse_early(args) -> None:
         hf_export.weight_args(parsed.fmt or get_format("bf16"))
 
 
-def _print_compressed_tensors(args, folder: Path, result) -> int:
+def _print_compressed_tensors(args: argparse.Namespace, folder: Path, result: HfExportResult) -> int:
     from engine import hf_export
 
     if args.json:
@@ -77,7 +82,7 @@ def _print_compressed_tensors(args, folder: Path, result) -> int:
     return EXIT_OK
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e = sub.add_parser(
         "export", help="export a variant to another engine's format (GGUF for llama.cpp, compressed-tensors)"
     )
