@@ -90,7 +90,7 @@ def _where(stack: list[tuple[str, int, str]], ours: bool) -> str:
 
 def _gc_figures(pauses: list[tuple[float, float, int]], stalls: int) -> dict:
     """The garbage collector's pauses over the run (every collection is a pause of the UI thread)."""
-    figures: dict = {"stalls_with_a_collection_over_50ms": stalls}
+    figures: dict = {"stalls_with_a_collection_over_50ms": stalls, "thresholds": gc.get_threshold()}
     for gen in (0, 1, 2):
         d = [p[1] for p in pauses if p[2] == gen]
         figures[f"gen{gen}"] = {
@@ -157,6 +157,8 @@ async def soak(args) -> dict:
                 break
         else:
             raise SystemExit(f"the 4 columns never came up: {[n.message for n in app._notifications]}")
+        if args.gc_gen0:
+            gc.set_threshold(args.gc_gen0, *gc.get_threshold()[1:])
         app.switch_to("evaluate")  # mounted once, so its worker can be driven below
         await pilot.pause(0.5)
         app.switch_to("chat")
@@ -287,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=float, default=45.0)
     p.add_argument("--eval-limit", type=int, default=20)
     p.add_argument("--switch-every", type=float, default=20.0)
+    p.add_argument(
+        "--gc-gen0",
+        type=int,
+        default=0,
+        help="override the app's young-generation GC threshold (700: Python's)",
+    )
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--stalls", action="store_true", help="sample the UI thread: what runs during stalls")
     p.add_argument("--trace", action="store_true", help="tracemalloc: where memory grew after minute 1")

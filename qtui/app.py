@@ -22,7 +22,7 @@ from engine import paths
 from engine.runtime import GenResult, GenSettings
 from engine.telemetry import Ticker, cuda_allocated_bytes, rss_bytes
 from qtui.config import Settings
-from qtui.heap import Freezer
+from qtui.heap import Freezer, tune_collector
 from qtui.screens.registry import SCREENS
 from qtui.services import EngineService, Loaded, Service
 from qtui.state import Metrics, QuantJob
@@ -109,6 +109,7 @@ class QtuiApp(App):
 
     # -------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
+        tune_collector()  # fewer, cheaper full collections: see qtui.heap
         if self.settings.theme in self.available_themes:
             self.theme = self.settings.theme
         for entry in SCREENS:

@@ -15,6 +15,21 @@ import gc
 import sys
 from collections.abc import Iterable
 
+# The youngest generation's threshold for the app. Python's default (700 allocations) runs a young
+# collection ~60 times a second while four columns stream, so objects that live for a frame or two
+# (messages, render strips, futures) survive two of them and are promoted; the oldest generation
+# then grows by a quarter every couple of seconds and a full collection walks the whole heap: 303
+# full collections in a 10-minute soak, up to 210 ms each, inside 268 of its 335 stalls over 100 ms
+# (bench/soak.py, issue 13). With a larger threshold they die young and full collections are rare.
+GEN0_THRESHOLD = 20_000
+
+
+def tune_collector(gen0: int = GEN0_THRESHOLD) -> tuple[int, int, int]:
+    """Raise the young generation's threshold (the older two keep theirs); returns the old thresholds."""
+    old = gc.get_threshold()
+    gc.set_threshold(gen0, old[1], old[2])
+    return old
+
 
 class Freezer:
     def __init__(self) -> None:

@@ -156,3 +156,18 @@ async def test_resources_are_sampled_off_the_ui_thread_and_the_sampler_stops(tmp
         ui_thread = threading.current_thread().name
     assert threads and set(threads) == {"qtui-resources"} != {ui_thread}
     assert not any(t.name == "qtui-resources" for t in threading.enumerate())  # stopped with the app
+
+
+async def test_the_app_raises_the_young_generation_threshold(tmp_path):
+    """Full collections were inside most of the soak's stalls: the app collects the young generation
+    less often, so short-lived UI objects die young instead of filling the oldest generation."""
+    from qtui.heap import GEN0_THRESHOLD
+
+    before = gc.get_threshold()
+    try:
+        app = QtuiApp(service=FakeService(tmp_path), settings=Settings(formats=["int4-g64"]), autoload=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            assert gc.get_threshold() == (GEN0_THRESHOLD, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)
