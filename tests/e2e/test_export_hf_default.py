@@ -1,11 +1,20 @@
-"""Issue 11 on the real default model: a GPTQ int4 variant exported to compressed-tensors, loaded by
-transformers' own from_pretrained, answers 5 fixed prompts greedily with the same tokens as qtui's
-torch column of the same variant."""
+"""Issue 11 on the real default model: a GPTQ int4 variant exported to compressed-tensors and loaded by
+transformers' own from_pretrained picks the same greedy tokens as qtui's torch column of the same
+variant on 5 fixed prompts, except where qtui's own two best logits tie within bf16's resolution.
+
+Why "except at ties": both engines compute in bf16, where a logit near 20 moves in steps of 0.125.
+Along one answer, transformers' logits differ from qtui's by up to ~1.1 (different kernels, different
+summation order: tinygemm's int4 kernel vs a de-quantized bf16 matmul) and qtui disagrees with itself
+the same way (a whole-sequence forward vs its token-by-token decode picks another token at some
+positions). Measured on 2026-12-07: every position where the engines' top-1 differed had qtui's top
+two within 0.25 (most 0.0-0.125); a wrong mapping of codes, zeros or scales moves logits by whole
+units and breaks the agreement everywhere. So the test teacher-forces both models along qtui's greedy
+answer and requires the same top-1 wherever qtui's top-2 gap exceeds TIE, and >= 90% agreement.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -19,13 +28,6 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
     pytest.mark.timeout(1800),  # GPTQ on the CPU
-    # opt-in until it is seen passing: on 2026-12-07 it failed in a CI run on a loaded 2-core machine
-    # (not yet diagnosed: greedy answers differing, or time); the unit tests compare logits on tiny
-    # models and the default model's export is checked weight by weight (max |dW| 0)
-    pytest.mark.skipif(
-        os.environ.get("QTUI_SLOW") != "1",
-        reason="GPTQ + two models' greedy answers: QTUI_SLOW=1",
-    ),
 ]
 
 # shorter than the default and without the range search (mse): CI time on a shared CPU
@@ -39,6 +41,7 @@ PROMPTS = [
     "Give a synonym for happy.",
 ]
 TOKENS = 48
+TIE = 0.5  # logits: 4 bf16 steps at magnitude 16-32 (the largest gap seen at a disagreement: 0.25)
 
 
 def test_gptq_int4_export_answers_like_the_torch_column(default_loaded, real_cache, tmp_path):
@@ -63,27 +66,24 @@ def test_gptq_int4_export_answers_like_the_torch_column(default_loaded, real_cac
     assert hf.dtype == torch.bfloat16
     column = runtime.load_variant(folder, device="cpu")  # what qtui's torch column runs
     settings = runtime.GenSettings(max_new_tokens=TOKENS)
-    stops = runtime.eos_ids(column)
+    positions = agree = 0
     report = []
     for prompt in PROMPTS:
         ours = columns.generate(column, prompt, settings).token_ids
         ids = runtime.chat_ids(column.tokenizer, prompt)
-        with torch.no_grad():
-            gen = hf.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=TOKENS, do_sample=False,
-                eos_token_id=sorted(stops), pad_token_id=sorted(stops)[0],
-            )  # fmt: skip
-        theirs = [t for t in gen[0, ids.shape[1] :].tolist()]
-        while theirs and theirs[-1] in stops:
-            theirs.pop()
-        first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
-        if first is None and len(ours) != len(theirs):
-            first = min(len(ours), len(theirs))
-        report.append(
-            (prompt, first, len(ours), column.tokenizer.decode(ours), column.tokenizer.decode(theirs))
-        )
-    differing = [r for r in report if r[1] is not None]
-    assert not differing, "\n".join(
-        f"{p!r}: first differing token {i} of {n}: qtui {a!r} vs transformers {b!r}"
-        for p, i, n, a, b in differing
+        full = torch.cat([ids, torch.tensor([ours])], dim=1)
+        with torch.no_grad():  # the logits that chose each token of qtui's answer, in both engines
+            mine = column.model(full).logits[0, ids.shape[1] - 1 : -1].float()
+            theirs = hf(full).logits[0, ids.shape[1] - 1 : -1].float()
+        top2 = mine.topk(2).values
+        gap = top2[:, 0] - top2[:, 1]
+        same = theirs.argmax(-1) == torch.tensor(ours)
+        positions, agree = positions + len(ours), agree + int(same.sum())
+        for i in (~same).nonzero().flatten().tolist():
+            report.append((prompt, i, float(gap[i]), column.tokenizer.decode(ours[: i + 1])))
+    decided = [r for r in report if r[2] > TIE]
+    assert not decided, "\n".join(
+        f"{p!r}: token {i} differs where qtui's top two were {g:.3f} apart: {text!r}"
+        for p, i, g, text in decided
     )
+    assert agree / positions >= 0.9, (agree, positions, report)
