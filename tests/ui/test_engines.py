@@ -105,3 +105,9 @@ async def test_export_from_the_models_screen_to_each_target(fake, settings):
         assert fake.exported == [(path, "gguf"), (path, "compressed-tensors")]
         titles = {n.title for n in app._notifications}
         assert {"Exported GGUF", "Exported compressed-tensors"} <= titles
+
+
+def test_every_export_target_of_the_cli_has_a_label_in_the_app():
+    from qtui.services import EXPORT_LABELS, EXPORT_TARGETS
+
+    assert set(EXPORT_LABELS) == set(EXPORT_TARGETS) == {"gguf", "compressed-tensors"}
