@@ -3,7 +3,8 @@ least at a requested average bits per weight (llama.cpp's mixed quants, HAWQ-sty
 
 ``--bits-per-weight 2.5`` (or a recipe name, ``mixed-2.5``) with ``--format FLOOR``: the candidates
 are FLOOR and every format of :data:`CANDIDATES` that stores more bits per weight than it (``--format
-mixed`` is FLOOR = the smallest, ``q1_0_g128``: every candidate). Two passes over the blocks:
+mixed``: the candidates within :data:`MIXED_SPREAD` bits under the budget, and every wider one).
+Two passes over the blocks:
 
 1. **Measure** (:func:`measure`): the calibration windows go through the float blocks one at a time
    (as :func:`engine.quant.blocks.quantize_blocks` does); for every Linear and every candidate ``c``
@@ -58,7 +59,14 @@ CANDIDATES = (
     "int8",
     "bf16",
 )
-MIXED = "mixed"  # --format mixed: every candidate (the floor is the smallest)
+MIXED = "mixed"  # --format mixed: the candidates within MIXED_SPREAD bits under the budget
+# --format mixed leaves out formats more than this many bits/weight under the budget. The solver sums
+# per-Linear output errors, and that sum cannot see how errors compound through the blocks: at 2.5
+# bits/weight over every candidate it put 69-78 of 210 Linears in 1-bit and the rest mostly in int3
+# (KLD 5.8-7.0 on the default model, worse than uniform int2-g64's 3.2), while over int2-g128 and
+# wider it reached 2.3 (bench/RESULTS.md, issue 10). A floor given as a format (--format int2-g64)
+# offers that format and every wider one, as before.
+MIXED_SPREAD = 1.0
 MAX_BITS = 16.0
 UNITS = 1 << 17  # the solver's resolution: the model's Linears at 16 bits are this many units
 
@@ -106,15 +114,22 @@ def floor_format(name: str, group_size: int | None = None, symmetric: bool | Non
     return get_format(name, group_size, symmetric)
 
 
-def candidates(floor: FormatSpec) -> tuple[FormatSpec, ...]:
-    """``floor`` and every candidate that stores more bits per weight (by its nominal figure)."""
+def candidates(floor: FormatSpec, budget: float | None = None) -> tuple[FormatSpec, ...]:
+    """``floor`` and every candidate that stores more bits per weight (by its nominal figure); for
+    ``--format mixed`` with a ``budget``, only those within :data:`MIXED_SPREAD` bits under it (and
+    never none under it)."""
     specs = [floor] + [get_format(n) for n in CANDIDATES]
     out: dict[str, FormatSpec] = {}
     for spec in specs:
         if spec.bits_per_weight() < floor.bits_per_weight() or spec.name in out:
             continue
         out[spec.name] = spec
-    return tuple(sorted(out.values(), key=lambda s: s.bits_per_weight()))
+    ordered = sorted(out.values(), key=lambda s: s.bits_per_weight())
+    if budget is not None and is_mixed(floor):
+        under = [s for s in ordered if s.bits_per_weight() <= budget]
+        lowest = min(budget - MIXED_SPREAD, under[-1].bits_per_weight() if under else 0.0)
+        ordered = [s for s in ordered if s.bits_per_weight() >= lowest - 1e-9] if under else ordered
+    return tuple(ordered)
 
 
 def is_mixed(floor: FormatSpec) -> bool:
@@ -142,7 +157,7 @@ def check(floor: FormatSpec, method: MethodSpec, options: QuantOptions) -> None:
         raise QtuiError(
             f"method {method.name} takes {', '.join(method.families)} only: it has no formats to mix"
         )
-    cands = candidates(floor)
+    cands = candidates(floor, bits)
     low = cands[0].bits_per_weight()
     if not low <= bits <= MAX_BITS:
         raise QtuiError(
@@ -324,7 +339,7 @@ def allocate(
     check(floor, method, options)
     target = options.bits_per_weight
     assert target is not None  # check() passed and the caller asked for a budget
-    cands = candidates(floor)
+    cands = candidates(floor, target)
     sens = measure(model, cands, ids, options, progress, cancel, device)
     t0 = time.perf_counter()
     weights = sum(o * i for o, i in sens.shapes)

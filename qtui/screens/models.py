@@ -105,7 +105,7 @@ class ModelsScreen(Screen):
                     placeholder="bit budget: bits/weight, e.g. 2.5 (empty: none)",
                     id="bits-per-weight",
                     tooltip="a format per Linear for the least output error at this average (the selected "
-                    "format is the narrowest allowed; q1_0_g128: any); docs/methods.md",
+                    "format is the narrowest allowed; q1_0_g128: those within one bit under it); docs/methods.md",
                 )
                 yield Input(
                     placeholder="distill: steps [rRANK], e.g. 60 or 60 r8 (empty: none)",

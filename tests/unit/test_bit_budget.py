@@ -189,3 +189,19 @@ def test_inspect_and_report_show_the_choice(loaded_source, tmp_path):
     info = variant_info(load_variant(path, "cpu"), "v")
     assert info.formats == {f: n for f, n in report.allocation["counts"].items()}
     assert "bit budget 3" in info.bit_budget
+
+
+@pytest.mark.parametrize(
+    ("budget", "lowest"),
+    [(2.5, "int2-g128"), (2.2, "int2-g128"), (4.5, "int4-g128"), (1.2, "q1_0_g128"), (8.0, "int4-g32")],
+)
+def test_mixed_leaves_out_formats_far_under_the_budget(budget, lowest):
+    """--format mixed: no candidate more than MIXED_SPREAD bits under the budget (over every format
+    the summed-error solver put a third of the Linears in 1-bit at 2.5 bits/weight: KLD 5.8-7.0 vs
+    2.3 without them), but always one at or under the budget; a floor given as a format (int2-g64)
+    keeps that format and every wider one."""
+    cands = allocation.candidates(MIXED, budget)
+    assert cands[0].name == lowest and cands[-1].name == "bf16"
+    assert cands[0].bits_per_weight() <= budget
+    assert allocation.candidates(MIXED)[0].name == "q1_0_g128"  # no budget: every format
+    assert allocation.candidates(allocation.floor_format("int2-g64"), 2.5)[0].name == "int2-g64"
