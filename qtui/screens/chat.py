@@ -111,8 +111,8 @@ class ChatScreen(DivergenceMixin, Screen):
     def columns(self) -> list[ChatColumn]:
         # the #columns box's own children: a streaming answer looks its column up on every flush,
         # and a query over the whole screen's DOM showed in the soak's stalls (issue 13)
-        box = self.query_one("#columns", Horizontal)
-        return [c for c in box.children if isinstance(c, ChatColumn)]
+        boxes = self.query("#columns")  # none before the screen is composed
+        return [c for c in boxes.first().children if isinstance(c, ChatColumn)] if boxes else []
 
     def column(self, key: str) -> ChatColumn | None:
         for col in self.columns:
