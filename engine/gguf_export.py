@@ -463,8 +463,7 @@ def _plan(
 ) -> Iterator[_Planned]:
     found = store.run_time_only(tensors)
     if found is not None:
-        key, what = found
-        hint = " (distil without --adapter-rank to export)" if key.endswith(store.ADAPTER_SUFFIXES) else ""
+        key, what, hint = found
         raise ExportError(f"cannot export to GGUF: {key} is {what}; llama.cpp has no place for it{hint}")
     for key, desc in manifest.tensors.items():
         if cancel is not None and cancel.is_set():

@@ -252,8 +252,7 @@ def plan(variant: Path, manifest: Manifest) -> _Plan:
         )
     found = store.run_time_only(manifest.tensors)
     if found is not None:
-        key, what = found
-        hint = " (distil without --adapter-rank to export)" if key.endswith(store.ADAPTER_SUFFIXES) else ""
+        key, what, hint = found
         raise ExportError(
             f"cannot export to {TARGET}: {key} is {what}; transformers' and vLLM's model code have no "
             f"place for it{hint}"

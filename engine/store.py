@@ -47,15 +47,19 @@ TRANSFORM_SUFFIX = ".input_transform"  # a QLinear's input transform (float32)
 ADAPTER_SUFFIXES = (".adapter_a", ".adapter_b")  # a QLinear's distilled low-rank adapter (16-bit)
 
 
-def run_time_only(names: Iterable[str]) -> tuple[str, str] | None:
+def run_time_only(names: Iterable[str]) -> tuple[str, str, str] | None:
     """The first tensor among ``names`` that only qtui's own layers apply at run time (an input
-    transform, the rotation, a distilled adapter) and what it is, or None: an exporter to another
-    engine's model code refuses such a variant, naming the tensor."""
+    transform, the rotation, a distilled adapter), what it is and a hint for the user (may be
+    empty), or None: an exporter to another engine's model code refuses such a variant, naming it."""
     for key in names:
         if key.endswith(TRANSFORM_SUFFIX) or key == rotation.KEY:
-            return key, "an input transform applied at run time"
+            return key, "an input transform applied at run time", ""
         if key.endswith(ADAPTER_SUFFIXES):
-            return key, "a distilled low-rank adapter run beside the quantized weight"
+            return (
+                key,
+                "a distilled low-rank adapter run beside the quantized weight",
+                " (distil without --adapter-rank to export)",
+            )
     return None
 
 
