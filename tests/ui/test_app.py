@@ -298,23 +298,31 @@ async def test_models_screen_rotation_reaches_the_request(fake, settings):
         assert job.request.dest.name.endswith("-hadamard")
 
 
+async def _refused_then_queued(app, pilot, field: str, bad: str, message: str, good: str):
+    """Type ``bad`` into the Models screen's ``field`` and quantize: a notification holding
+    ``message`` and no job; then ``good``: the one job, once done."""
+    from textual.widgets import Input
+
+    app.screen.query_one(field, Input).value = bad
+    await pilot.press("ctrl+k")
+    await until(pilot, lambda: any(message in n.message for n in app._notifications))
+    assert not app.jobs
+    app.screen.query_one(field, Input).value = good
+    await pilot.press("ctrl+k")
+    await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
+    return next(iter(app.jobs.values()))
+
+
 async def test_models_screen_bit_budget_reaches_the_request(fake, settings):
     """The bits/weight typed on the Models screen is the request's budget (and its variant name); a
     budget below the selected (narrowest) format is a notification, not a job."""
-    from textual.widgets import Input, SelectionList
+    from textual.widgets import SelectionList
 
     app = QtuiApp(service=fake, settings=settings, autoload=False, sample_resources=False)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: formats_ready(app))
         floor = next(f for f in app.screen.query_one("#formats", SelectionList).selected if f != "bf16")
-        app.screen.query_one("#bits-per-weight", Input).value = "1.0"
-        await pilot.press("ctrl+k")
-        await until(pilot, lambda: any("bits-per-weight 1" in n.message for n in app._notifications))
-        assert not app.jobs
-        app.screen.query_one("#bits-per-weight", Input).value = "9"
-        await pilot.press("ctrl+k")
-        await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
-        job = next(iter(app.jobs.values()))
+        job = await _refused_then_queued(app, pilot, "#bits-per-weight", "1.0", "bits-per-weight 1", "9")
         assert job.request.options.bits_per_weight == 9.0 and job.request.fmt.name == floor
         assert job.request.dest.name.endswith("-bpw9")
 
@@ -322,21 +330,14 @@ async def test_models_screen_bit_budget_reaches_the_request(fake, settings):
 async def test_models_screen_distill_reaches_the_request(fake, settings):
     """What is typed in the Models screen's distill field is the request's DistillConfig (and its
     variant name); an unknown distillation parameter is a notification, not a job."""
-    from textual.widgets import Input
-
     from engine.quant.distill import DistillConfig
 
     app = QtuiApp(service=fake, settings=settings, autoload=False, sample_resources=False)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: formats_ready(app))
-        app.screen.query_one("#distill", Input).value = "5 speed=2"
-        await pilot.press("ctrl+k")
-        await until(pilot, lambda: any("unknown parameter 'speed'" in n.message for n in app._notifications))
-        assert not app.jobs
-        app.screen.query_one("#distill", Input).value = "5 r2 lr=0.01"
-        await pilot.press("ctrl+k")
-        await until(pilot, lambda: app.jobs and all(j.status == "done" for j in app.jobs.values()))
-        job = next(iter(app.jobs.values()))
+        job = await _refused_then_queued(
+            app, pilot, "#distill", "5 speed=2", "unknown parameter 'speed'", "5 r2 lr=0.01"
+        )
         assert job.request.options.distill == DistillConfig(steps=5, adapter_rank=2, lr=0.01)
         assert job.request.dest.name.endswith("-distill5r2")
 
