@@ -18,6 +18,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def bf16(default_loaded):
+    """The bf16 variant's weights, computed in float32: this CPU (AVX2, no native bf16 matmul) runs a
+    bf16 prefill ~6x slower than f32 (bench/RESULTS.md), and these tests check the tasks and their
+    scoring, not the dtype (the CLI test below runs the real bf16 variant)."""
     import copy
 
     import torch
@@ -25,7 +28,10 @@ def bf16(default_loaded):
     from engine.quant.formats import get_format
 
     model = copy.deepcopy(default_loaded.model).to(torch.bfloat16)
-    return variant_from_model("bf16", model, default_loaded.tokenizer, get_format("bf16"), device="cpu")
+    variant = variant_from_model("bf16", model, default_loaded.tokenizer, get_format("bf16"), device="cpu")
+    variant.model.float()  # bf16 values held exactly in f32
+    variant.dtype = torch.float32
+    return variant
 
 
 def test_builtin_knowledge_loglik_is_well_above_chance(bf16, real_cache):
@@ -55,15 +61,15 @@ def test_cli_eval_table_json_and_cache(real_cache, tmp_path):
         "--task",
         "yesno",
         "--limit",
-        "20",
+        "6",
         "--json",
         str(out),
     ]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "yesno" in done.stdout and "n=20" in done.stdout and "acc_norm" in done.stdout
+    assert "yesno" in done.stdout and "n=6" in done.stdout and "acc_norm" in done.stdout
     rows = json.loads(out.read_text())
-    assert rows[0]["variant"] == "bf16" and rows[0]["n"] == 20
+    assert rows[0]["variant"] == "bf16" and rows[0]["n"] == 6
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert "(cached)" in again.stdout
 

@@ -20,19 +20,13 @@ import pytest
 import torch
 
 from engine import columns, hf_export, runtime
-from engine.quant import calibration as C
-from engine.quant.formats import get_format
-from tests.helpers import quantize_saved
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.timeout(1800),  # GPTQ on the CPU
+    pytest.mark.timeout(1800),  # GPTQ on the CPU (the session's shared int4-g64 variant)
 ]
 
-# shorter than the default and without the range search (mse): CI time on a shared CPU
-CALIB = C.CalibrationSpec(samples=8, seq_len=128)
-GPTQ = "mse=false"
 PROMPTS = [
     "What is the capital of France?",
     "Name three primary colors.",
@@ -44,18 +38,11 @@ TOKENS = 48
 TIE = 0.5  # logits: 4 bf16 steps at magnitude 16-32 (the largest gap seen at a disagreement: 0.25)
 
 
-def test_gptq_int4_export_answers_like_the_torch_column(default_loaded, real_cache, tmp_path):
+def test_gptq_int4_export_answers_like_the_torch_column(int4_g64_saved, real_cache, tmp_path):
     pytest.importorskip("compressed_tensors", reason="compressed-tensors is in the dev extras")
     from transformers import AutoModelForCausalLM
 
-    folder, _ = quantize_saved(
-        default_loaded,
-        get_format("int4-g64"),
-        "gptq",
-        tmp_path / "int4-g64-gptq",
-        params=GPTQ,
-        calibration=CALIB,
-    )
+    folder = int4_g64_saved["gptq"]
     out = tmp_path / "ct"
     result = hf_export.export_compressed_tensors(folder, out)
     assert len(result.checks) == 210 and result.max_abs_dw == 0.0

@@ -8,22 +8,14 @@ import time
 import pytest
 
 from engine import inspection
-from engine.quant import calibration as C
-from engine.quant.formats import get_format
-from tests.helpers import quantize_saved, until
+from tests.helpers import until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # quantizes GPTQ on the CPU
-
-CALIB = C.CalibrationSpec(samples=8, seq_len=128)  # shorter than the default: CI time
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # quantizes GPTQ on the CPU (shared fixture)
 
 
 @pytest.fixture(scope="module")
-def variants(default_loaded, tmp_path_factory):
-    out = tmp_path_factory.mktemp("inspect-variants")
-    fmt = get_format("int4-g64")
-    rtn, _ = quantize_saved(default_loaded, fmt, "rtn", out / "int4-g64-rtn", calibration=CALIB)
-    gptq, _ = quantize_saved(default_loaded, fmt, "gptq", out / "int4-g64-gptq", calibration=CALIB)
-    return rtn, gptq
+def variants(int4_g64_saved):
+    return int4_g64_saved["rtn"], int4_g64_saved["gptq"]
 
 
 def test_gptq_output_error_lower_in_most_cells(variants, real_cache):
