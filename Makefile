@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qtui-installed
 
-.PHONY: run test lint format bench clean-venv
+.PHONY: run test lint format bench clean-venv llamacpp-native llamacpp-prebuilt
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,20 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/decode.py
+
+# llama.cpp compiled for this CPU (GGML_NATIVE) from xllamacpp's sdist, replacing the prebuilt wheel
+# in .venv (same version); llama.cpp columns then say "native build". ~75 min on 2 cores, needs a C++
+# compiler and cmake. llguidance and BoringSSL would be downloaded from GitHub during the build: off.
+# Back to the prebuilt wheel: make llamacpp-prebuilt.
+XLLAMACPP_VERSION = $$($(BIN)/python -c "from importlib.metadata import version; print(version('xllamacpp'))")
+llamacpp-native: $(STAMP)
+	CMAKE_ARGS="-DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_OPENSSL=OFF" \
+	  $(BIN)/python -m pip install --no-deps --force-reinstall --no-binary xllamacpp "xllamacpp==$(XLLAMACPP_VERSION)"
+	$(BIN)/python -c "from engine import llamacpp; print('xllamacpp', llamacpp.version(), llamacpp.build())"
+
+llamacpp-prebuilt: $(STAMP)
+	$(BIN)/python -m pip install --no-deps --force-reinstall --only-binary xllamacpp "xllamacpp==$(XLLAMACPP_VERSION)"
+	$(BIN)/python -c "from engine import llamacpp; print('xllamacpp', llamacpp.version(), llamacpp.build())"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -53,6 +53,23 @@ def version() -> str | None:
     return str(getattr(xllamacpp, "__version__", "?"))
 
 
+def build() -> str:
+    """How the installed xllamacpp was built: "prebuilt" (a manylinux/macOS/Windows wheel from the
+    registry: portable CPU code) or "native build" (a wheel built on this machine from the sdist, as
+    ``make llamacpp-native`` does: llama.cpp compiled with GGML_NATIVE for this CPU); "" when unknown."""
+    from importlib import metadata
+
+    try:
+        wheel = metadata.distribution("xllamacpp").read_text("WHEEL") or ""
+    except metadata.PackageNotFoundError:
+        return ""
+    tags = [line.split(":", 1)[1].strip() for line in wheel.splitlines() if line.startswith("Tag:")]
+    if not tags:
+        return ""
+    portable = ("manylinux", "musllinux", "macosx", "win")
+    return "prebuilt" if any(p in tag for tag in tags for p in portable) else "native build"
+
+
 def require() -> str:
     v = version()
     if v is None:
@@ -93,6 +110,7 @@ class LlamaCppColumn:
     info: GGUFInfo
     xllamacpp_version: str
     threads: int
+    build: str = ""  # "prebuilt" / "native build" (see build())
     folder: Path | None = None  # the variant's folder (None for a .gguf run as it is)
     manifest: Manifest | None = None
     export: ExportResult | None = None  # when the GGUF was exported for this column just now
@@ -103,7 +121,10 @@ class LlamaCppColumn:
     @property
     def backend(self) -> str:
         act = ACTIVATIONS.get(self.info.file_type, "f32")
-        return f"llama.cpp (xllamacpp {self.xllamacpp_version}, {self.info.file_type}, activations {act})"
+        built = f" {self.build}" if self.build else ""
+        return (
+            f"llama.cpp (xllamacpp {self.xllamacpp_version}{built}, {self.info.file_type}, activations {act})"
+        )
 
     def weight_bytes(self) -> int:
         return self.info.tensor_bytes
@@ -281,7 +302,7 @@ def open_column(
         server = start_server(path, threads)
         progress(1, 1, "loaded")
         return LlamaCppColumn(
-            f"{path.stem}@{ENGINE}", path, tokenizer, server, GGUFInfo.read(path), xv, threads
+            f"{path.stem}@{ENGINE}", path, tokenizer, server, GGUFInfo.read(path), xv, threads, build()
         )
     folder = saved_variant(spec, method, progress, cancel)
     from engine import store
@@ -294,5 +315,5 @@ def open_column(
     progress(1, 1, "loaded")
     return LlamaCppColumn(
         f"{folder.name}@{ENGINE}", gguf, shared_tokenizer(folder), server, GGUFInfo.read(gguf), xv, threads,
-        folder, manifest, export, manifest.fmt,
+        build(), folder, manifest, export, manifest.fmt,
     )  # fmt: skip

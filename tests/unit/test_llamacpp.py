@@ -54,7 +54,7 @@ def test_llama_cpp_column_matches_the_torch_column(variant_folder):
     try:
         assert (
             llama_col.backend.startswith("llama.cpp (xllamacpp ")
-            and "Q8_0, activations Q8_0" in llama_col.backend
+            and f"{llamacpp.build()}, Q8_0, activations Q8_0" in llama_col.backend
         )
         assert llama_col.gguf.exists() and llama_col.weight_bytes() > 0
         a = columns.generate(torch_col, "hello world", SETTINGS)
@@ -167,3 +167,31 @@ def test_hf_folder_variant_runs_on_llama_cpp(loaded_source, tmp_path):
         assert b.token_ids[:2] == a.token_ids[:2]
     finally:
         columns.close(llama_col)
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        (["cp310-abi3-manylinux_2_17_x86_64", "cp310-abi3-manylinux2014_x86_64"], "prebuilt"),  # PyPI's
+        (["cp310-abi3-macosx_11_0_arm64"], "prebuilt"),
+        (["cp310-abi3-linux_x86_64"], "native build"),  # pip wheel --no-binary xllamacpp, on this machine
+        ([], ""),
+    ],
+)
+def test_build_kind_comes_from_the_wheel_tags(monkeypatch, tags, expected):
+    from importlib import metadata
+
+    class Dist:
+        def read_text(self, name):
+            assert name == "WHEEL"
+            return "Wheel-Version: 1.0\n" + "".join(f"Tag: {t}\n" for t in tags)
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist())
+    assert llamacpp.build() == expected
+
+
+def test_installed_wheel_is_the_registrys_prebuilt_one():
+    """make test installs xllamacpp from PyPI: its column must say so (make llamacpp-native changes it)."""
+    if llamacpp.build() == "native build":
+        pytest.skip("this .venv has the native build (make llamacpp-native)")
+    assert llamacpp.build() == "prebuilt"
