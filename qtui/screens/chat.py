@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Header, Input, Static
+from textual.widgets import Input, Static
 
 from engine.multichat import round_robin
 from engine.runtime import GenSettings
@@ -18,6 +18,7 @@ from qtui.messages import ColumnDone, ColumnText, GenerationFinished
 from qtui.screens.chat_divergence import DivergenceMixin
 from qtui.widgets.chat_column import ChatColumn
 from qtui.widgets.footer import Footer
+from qtui.widgets.header import QtuiHeader
 
 FLUSH_S = 1 / 30  # batch tokens per column: at most ~30 UI updates a second each
 
@@ -89,7 +90,7 @@ class ChatScreen(DivergenceMixin, Screen):
         self.generating = False
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield QtuiHeader()
         yield Horizontal(id="columns")
         yield Static("", id="chat-hint", classes="note")
         yield Input(placeholder="Ask every column (Enter sends, Esc stops)", id="prompt")
@@ -122,13 +123,16 @@ class ChatScreen(DivergenceMixin, Screen):
 
     def sync_columns(self) -> None:
         """One column per loaded variant, in load order (the first is the baseline)."""
-        box = self.query_one("#columns", Horizontal)
+        boxes, hints = self.query("#columns"), self.query("#chat-hint")
+        if not boxes or not hints:  # the hint's timer can fire while the app closes the screen
+            return
+        box = boxes.first(Horizontal)
         present = {c.key for c in self.columns}
         for key, loaded in self.app.loaded.items():
             if key not in present:
                 box.mount(ChatColumn(key, loaded.name, loaded.backend, id=f"col-{len(present)}"))
                 present.add(key)
-        hint = self.query_one("#chat-hint", Static)
+        hint = hints.first(Static)
         if self.app.loading:
             hint.update("loading: " + "; ".join(self.app.loading.values()))
         elif not self.app.loaded:

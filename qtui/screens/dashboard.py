@@ -5,10 +5,11 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.screen import Screen
-from textual.widgets import DataTable, Header
+from textual.widgets import DataTable
 
 from qtui.widgets.charts import BarChart, IntervalChart, SeriesChart
 from qtui.widgets.footer import Footer
+from qtui.widgets.header import QtuiHeader
 
 REDRAW_S = 1.0
 
@@ -16,7 +17,7 @@ REDRAW_S = 1.0
 class DashboardScreen(Screen):
     def compose(self) -> ComposeResult:
         m = self.app.metrics
-        yield Header()
+        yield QtuiHeader()
         with Grid(id="charts"):
             yield SeriesChart("decode tokens/s per answer", "tok/s", lambda: m.tok_s, id="chart-toks")
             yield SeriesChart("time to first token per answer", "ms", lambda: m.ttft, id="chart-ttft")

@@ -13,7 +13,6 @@ from textual.screen import Screen
 from textual.widgets import (
     Button,
     DataTable,
-    Header,
     Input,
     Label,
     ProgressBar,
@@ -24,6 +23,7 @@ from textual.widgets import (
 
 from engine.progress import ProgressClock
 from qtui.widgets.footer import Footer
+from qtui.widgets.header import QtuiHeader
 
 MODES = [("log-likelihood (knowledge, format-free)", "loglik"), ("generative (\\boxed{} answers)", "generate"),
          ("fidelity to the baseline (KLD, top-1, PPL)", "fidelity")]  # fmt: skip
@@ -63,7 +63,7 @@ class EvaluateScreen(Screen):
         self.clock = ProgressClock()  # the engine's one ETA computation
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield QtuiHeader()
         with Horizontal(id="eval-body"):
             with Vertical(id="eval-form", classes="pane"):
                 yield Label("Variants (loaded)", classes="pane-title")

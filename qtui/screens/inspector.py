@@ -19,13 +19,14 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Header, Select, Static
+from textual.widgets import DataTable, Select, Static
 from textual.worker import get_current_worker
 
 from engine.errors import Cancelled
 from engine.heatmap import badness, colour
 from engine.inspection import METRICS, LinearView, VariantTable, compare_cells
 from qtui.widgets.footer import Footer
+from qtui.widgets.header import QtuiHeader
 from qtui.widgets.linear_panel import LinearPanel
 
 NONE = "(none)"
@@ -86,7 +87,7 @@ class InspectScreen(Screen):
         self.generation = 0  # bumped by every request; answers to older ones are dropped
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield QtuiHeader()
         with Horizontal(id="inspect-bar"):
             yield Select([], prompt="variant to inspect", id="inspect-a")
             yield Select([], prompt="second variant (side by side)", id="inspect-b")

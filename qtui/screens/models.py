@@ -10,7 +10,6 @@ from textual.screen import Screen
 from textual.widgets import (
     Button,
     DataTable,
-    Header,
     Input,
     Label,
     OptionList,
@@ -24,6 +23,7 @@ from engine import typed
 from qtui.services import EXPORT_LABELS, EXPORT_TARGETS
 from qtui.widgets.chat_column import human_bytes
 from qtui.widgets.footer import Footer
+from qtui.widgets.header import QtuiHeader
 
 
 class ModelsScreen(Screen):
@@ -55,7 +55,7 @@ class ModelsScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield QtuiHeader()
         with Horizontal(id="models-body"):
             with Vertical(id="sources-pane", classes="pane"):
                 yield Label("Sources", classes="pane-title")

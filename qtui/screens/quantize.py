@@ -7,9 +7,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, Header, Label
+from textual.widgets import Button, Label
 
 from qtui.widgets.footer import Footer
+from qtui.widgets.header import QtuiHeader
 from qtui.widgets.quant_queue import QuantQueue
 
 
@@ -26,7 +27,7 @@ class QuantizeScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield QtuiHeader()
         yield Label(
             "Quantization queue (focus a row with Tab; cancel leaves no half-written variant)",
             classes="pane-title",
